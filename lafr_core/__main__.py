@@ -100,10 +100,25 @@ def _describe_trainer(meta: dict[str, str]) -> str:
     return json.dumps(json.loads(text), sort_keys=True)
 
 
+# --------------------------------------------------------------------------- doctor
+
+
+def add_doctor_arguments(parser: argparse.ArgumentParser) -> None:
+    """doctor takes no arguments: it reads the environment and the usual model folders."""
+
+
+def run_doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    print("\n".join(report()))
+    return 0
+
+
 # --------------------------------------------------------------------------- registry and entry
 
 COMMANDS: dict[str, Command] = {
     "info": Command("check LAFR files and describe what they hold", add_info_arguments, run_info),
+    "doctor": Command("report devices, versions and the models this machine has", add_doctor_arguments, run_doctor),
 }
 
 

@@ -28,7 +28,7 @@ def sd21_alphas_cumprod(
     Returns a float64 tensor of length `num_train_timesteps`.
     """
     sqrt_betas = torch.linspace(
-        math.sqrt(beta_start), math.sqrt(beta_end), num_train_timesteps, dtype=torch.float64
+        math.sqrt(beta_start), math.sqrt(beta_end), num_train_timesteps, dtype=torch.float64, device="cpu"
     )
     return torch.cumprod(1.0 - sqrt_betas**2, dim=0)
 

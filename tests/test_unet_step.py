@@ -88,7 +88,7 @@ def test_full_config_drops_exactly_the_time_and_prompt_modules():
     assert round(time_path / 1e6, 1) == 27.9 and round(prompt_kv / 1e6, 1) == 25.6
     assert kept == full - time_path - prompt_kv
     names = [n for n, _ in pruned.named_parameters()]
-    assert not any("time_emb" in n or "to_k" in n or "to_v" in n for n in names)
+    assert not any("time_emb" in n or ".attn2.to_k" in n or ".attn2.to_v" in n for n in names)
     # module paths mirror diffusers, so LDM key maps and LoRA names apply unchanged
     diffusers_names = {n for n, _ in unet.named_parameters()}
     assert set(names) <= diffusers_names

@@ -1,0 +1,257 @@
+"""Standalone LAFR restoration on diffusers modules (CLI, trainer validation, benchmarks).
+
+Hosts (ComfyUI, A1111) run their own UNet and VAE; this path loads SD2.1-base itself from
+  * a single original-format file (.safetensors, or a .ckpt read with weights_only=True), fully
+    offline, with the SD2.1-base configs shipped in lafr_core/configs/sd21_base;
+  * a diffusers folder (unet/, vae/, scheduler/);
+  * a hub id such as "stabilityai/stable-diffusion-2-1-base" for users with internet (or a
+    warm hub cache).
+The text encoder is never loaded: the prompt embedding ships in the LAFR file.
+
+restore(faces): encode (posterior mode x latent_scale) -> align -> ONE pruned UNet step for the
+whole batch -> decode. fp16 on CUDA by default (bf16 on request), fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .adapter import LatentAligner
+from .base_model import UNET_PREFIX, V_PRED_SENTINEL, BaseModelError, identify_diffusers_config, identify_ldm_checkpoint, require_sd2_epsilon
+from .lafr_file import LafrWeights, load_lafr
+from .unet_step import PrunedUNet
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs" / "sd21_base"
+VAE_PREFIX = "first_stage_model."
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
+
+
+def bundled_config(name: str) -> dict:
+    """One of the shipped SD2.1-base diffusers configs ("unet", "vae", "scheduler")."""
+    config = json.loads((CONFIG_DIR / f"{name}_config.json").read_text())
+    config.pop("_class_name", None)
+    return config
+
+
+def default_device_dtype(device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> tuple[torch.device, torch.dtype]:
+    """CUDA with fp16 when available, else CPU with fp32 (half precision is slow or missing on CPU)."""
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dtype is None:
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+    return device, dtype
+
+
+# --------------------------------------------------------------------------- base model loading
+
+def _read_single_file(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an original-format checkpoint. Pickles only with weights_only=True."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise BaseModelError(f"{path}: not a checkpoint state dict (got {type(obj).__name__})")
+    return obj
+
+
+def _check_single_file(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    sentinel = tensors.get(V_PRED_SENTINEL)
+    std = float(sentinel.float().std()) if sentinel is not None else None
+    info = identify_ldm_checkpoint(tensors, v_pred_bias_std=std)
+    if info.family == "unknown" and not any(k.startswith(UNET_PREFIX) for k in tensors):
+        raise BaseModelError(
+            f"{path}: no Stable Diffusion UNet inside (no '{UNET_PREFIX}*' keys). Pass a full "
+            f"SD2.1-base checkpoint, not a LoRA, VAE or LAFR file."
+        )
+    require_sd2_epsilon(info, str(path))
+
+
+def _instantiate(cls, config: dict, state_dict: dict[str, torch.Tensor], what: str, source: str):
+    """Build a diffusers model without random init and load `state_dict` strictly."""
+    with torch.device("meta"):
+        model = cls(**config)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False, assign=True)
+    if missing or unexpected:
+        raise BaseModelError(
+            f"{source}: the {what} weights do not fit SD2.1-base: missing {sorted(missing)[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {sorted(unexpected)[:5]}"
+            f"{'...' if len(unexpected) > 5 else ''}"
+        )
+    return model.eval()
+
+
+def load_sd21_from_single_file(path: str | Path):
+    """(unet, vae) diffusers modules from an original SD2.1-base checkpoint, offline."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+
+    from .ldm_keys import layout_from_diffusers_config, ldm_to_diffusers
+
+    path = Path(path)
+    tensors = _read_single_file(path)
+    _check_single_file(path, tensors)
+    unet_config, vae_config = bundled_config("unet"), bundled_config("vae")
+    ldm_unet = {k[len(UNET_PREFIX):]: v for k, v in tensors.items() if k.startswith(UNET_PREFIX)}
+    unet_sd = ldm_to_diffusers(ldm_unet, **layout_from_diffusers_config(unet_config))
+    unet = _instantiate(UNet2DConditionModel, unet_config, unet_sd, "UNet", str(path))
+    vae_sd = convert_ldm_vae_checkpoint({k: v for k, v in tensors.items() if k.startswith(VAE_PREFIX)}, vae_config)
+    vae = _instantiate(AutoencoderKL, vae_config, vae_sd, "VAE", str(path))
+    return unet, vae
+
+
+def _load_diffusers_config(source: str, subfolder: str, name: str) -> dict | None:
+    from diffusers import ConfigMixin  # noqa: F401  (diffusers present on this path)
+    from huggingface_hub import hf_hub_download
+
+    local = Path(source) / subfolder / name
+    if local.is_file():
+        return json.loads(local.read_text())
+    if Path(source).exists():
+        return None
+    return json.loads(Path(hf_hub_download(source, name, subfolder=subfolder)).read_text())
+
+
+def load_sd21_from_diffusers(source: str | Path):
+    """(unet, vae) from a diffusers folder or a hub id; refuses non SD2.x-eps models."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    source = str(source)
+    unet_config = _load_diffusers_config(source, "unet", "config.json")
+    if unet_config is None:
+        raise BaseModelError(f"{source}: not a diffusers model folder (no unet/config.json)")
+    scheduler_config = _load_diffusers_config(source, "scheduler", "scheduler_config.json")
+    require_sd2_epsilon(identify_diffusers_config(unet_config, scheduler_config), source)
+    unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet").eval()
+    vae = AutoencoderKL.from_pretrained(source, subfolder="vae").eval()
+    return unet, vae
+
+
+def load_sd21(source: str | Path):
+    """(unet, vae) from a single file, a diffusers folder or a hub id."""
+    path = Path(source)
+    if path.is_file():
+        if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise BaseModelError(f"{path}: expected an SD2.1-base checkpoint ({', '.join(SINGLE_FILE_SUFFIXES)})")
+        return load_sd21_from_single_file(path)
+    looks_local = path.is_absolute() or str(source).startswith(".") or path.suffix.lower() in SINGLE_FILE_SUFFIXES
+    if path.is_dir() or ("/" in str(source) and not looks_local):
+        return load_sd21_from_diffusers(source)
+    raise BaseModelError(f"{source}: no such file or folder, and not a hub id like 'stabilityai/stable-diffusion-2-1-base'")
+
+
+# --------------------------------------------------------------------------- the pipeline
+
+@dataclass
+class LafrPipeline:
+    """VAE + (optional) latent aligner + pruned UNet step, all on one device and dtype."""
+
+    vae: torch.nn.Module
+    unet: PrunedUNet
+    aligner: LatentAligner | None
+    latent_scale: float = 0.18215
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str | Path,
+        lafr: str | Path | LafrWeights,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        lora_strength: float = 1.0,
+    ) -> "LafrPipeline":
+        weights = lafr if isinstance(lafr, LafrWeights) else load_lafr(lafr)
+        unet, vae = load_sd21(base)
+        return cls.from_modules(unet, vae, weights, device=device, dtype=dtype, lora_strength=lora_strength)
+
+    @classmethod
+    def from_modules(
+        cls,
+        unet: torch.nn.Module,
+        vae: torch.nn.Module,
+        weights: LafrWeights,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        lora_strength: float = 1.0,
+    ) -> "LafrPipeline":
+        """Merge the LoRA into `unet` (in place), prune it, move everything to device/dtype."""
+        from .lora import merge_kohya_lora
+
+        if weights.prompt_embeds is None:
+            raise ValueError(
+                "this LAFR file holds only the stage-1 adapter (no LoRA / prompt embedding): the "
+                "UNet step needs a stage-2 ('2' or '1+2') file from `python -m train stage2`"
+            )
+        device, dtype = default_device_dtype(device, dtype)
+        if weights.kohya_lora and lora_strength:
+            merge_kohya_lora(unet, weights.kohya_lora, strength=lora_strength)
+        pruned = PrunedUNet.from_diffusers(unet, weights.prompt_embeds)
+        del unet
+        gc.collect()
+        aligner = weights.aligner.to(device).eval() if weights.aligner is not None else None
+        return cls(
+            vae=vae.to(device=device, dtype=dtype),
+            unet=pruned.to(device=device, dtype=dtype).eval(),
+            aligner=aligner,
+            latent_scale=weights.latent_scale,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[b, 3, H, W] in -1..1 -> scaled latent [b, 4, H/8, W/8] (posterior mode)."""
+        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        return posterior.mode() * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latent -> [b, 3, H, W] in -1..1."""
+        return self.vae.decode(latents.to(self.dtype) / self.latent_scale).sample
+
+    @torch.no_grad()
+    def restore_latents(self, z_lq: torch.Tensor) -> torch.Tensor:
+        """Scaled LQ latent -> scaled x0 latent: align (if the file has an adapter), one step."""
+        z = z_lq
+        if self.aligner is not None:
+            z = self.aligner(z.float()).to(self.dtype)
+        return self.unet(z.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def restore(
+        self,
+        faces: torch.Tensor,
+        batch_size: int = 8,
+        progress: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Aligned faces [b, H, W, 3] float 0..1 (ComfyUI's IMAGE layout) -> restored, same shape.
+
+        Faces go through in chunks of `batch_size` (one VAE encode, one UNet step, one decode per
+        chunk); `progress(n)` is called with the number of faces done after each chunk."""
+        if faces.ndim != 4 or faces.shape[-1] != 3:
+            raise ValueError(f"restore expects faces [batch, H, W, 3], got {tuple(faces.shape)}")
+        if faces.shape[1] % 8 or faces.shape[2] % 8:
+            raise ValueError(f"face crops must be multiples of 8 pixels (512 is LAFR's size), got {tuple(faces.shape[1:3])}")
+        out = []
+        for start in range(0, faces.shape[0], batch_size):
+            chunk = faces[start : start + batch_size].permute(0, 3, 1, 2) * 2 - 1
+            x0 = self.restore_latents(self.encode(chunk))
+            images = (self.decode(x0).float().clamp(-1, 1) + 1) / 2
+            out.append(images.permute(0, 2, 3, 1).to(faces.device))
+            if progress is not None:
+                progress(min(start + batch_size, faces.shape[0]))
+        return torch.cat(out)

@@ -1,0 +1,48 @@
+"""`doctor` finds models in ComfyUI/A1111 folders offline and flags the wrong ones."""
+
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+from conftest import REPO
+from lafr_core.adapter import AlignerConfig, LatentAligner
+from lafr_core.doctor import check_base_checkpoint
+from lafr_core.lafr_file import save_lafr
+
+CONTEXT = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+IN = "model.diffusion_model.input_blocks.0.0.weight"
+VPRED = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+
+
+def header_checkpoint(path, context, vpred_std=0.01, in_channels=4):
+    save_file({CONTEXT: torch.zeros(320, context), IN: torch.zeros(320, in_channels, 3, 3),
+               VPRED: torch.randn(320) * vpred_std}, str(path))
+
+
+def test_check_base_checkpoint_identifies_families(tmp_path):
+    header_checkpoint(tmp_path / "sd21.safetensors", 1024)
+    header_checkpoint(tmp_path / "sd15.safetensors", 768)
+    header_checkpoint(tmp_path / "v.safetensors", 1024, vpred_std=0.3)
+    header_checkpoint(tmp_path / "inpaint.safetensors", 1024, in_channels=9)
+    assert check_base_checkpoint(tmp_path / "sd21.safetensors").startswith("ok: sd2.x")
+    assert "not usable by LAFR (sd1.x" in check_base_checkpoint(tmp_path / "sd15.safetensors")
+    assert "v_prediction" in check_base_checkpoint(tmp_path / "v.safetensors")
+    assert "9-channel input" in check_base_checkpoint(tmp_path / "inpaint.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    assert check_base_checkpoint(tmp_path / "junk.safetensors").startswith("unreadable")
+
+
+def test_doctor_lists_models_in_a_comfyui_folder(tmp_path):
+    comfy = tmp_path / "ComfyUI"
+    (comfy / "models" / "checkpoints").mkdir(parents=True)
+    header_checkpoint(comfy / "models" / "checkpoints" / "v2-1_512.safetensors", 1024)
+    save_lafr(comfy / "models" / "lafr" / "faces.safetensors",
+              aligner=LatentAligner(AlignerConfig(hidden_channels=32, codebook_size=16, codebook_dim=8, norm_groups=8)))
+    env = {"COMFYUI_DIR": str(comfy), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "lafr_core", "doctor"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "v2-1_512.safetensors: ok: sd2.x" in out.stdout
+    assert "faces.safetensors: ok: stages 1" in out.stdout
+    assert "cpu (" in out.stdout and "torch " in out.stdout
