@@ -185,7 +185,10 @@ class PrunedTransformer2D(nn.Module):
         for block in self.transformer_blocks:
             h = block(h)
         if self.use_linear_projection:
-            h = self.proj_out(h).reshape(b, height, width, -1).permute(0, 3, 1, 2)
+            # Back to [b, c, h, w] in the memory format the block received: a channels_last view
+            # fed to NCHW convolutions makes oneDNN re-layout their weights on every call.
+            layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            h = self.proj_out(h).reshape(b, height, width, -1).permute(0, 3, 1, 2).contiguous(memory_format=layout)
         else:
             h = self.proj_out(h.reshape(b, height, width, -1).permute(0, 3, 1, 2).contiguous())
         return h + x
