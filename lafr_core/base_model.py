@@ -96,6 +96,8 @@ def require_sd2_epsilon(info: BaseModelInfo, source: str) -> None:
         problems.append(f"its UNet takes {info.in_channels} input channels (an inpainting or depth model?)")
     if info.prediction == "v_prediction":
         problems.append("it predicts v (a 768-v model)")
+    elif info.prediction not in ("epsilon", "unknown"):
+        problems.append(f"it uses {info.prediction} sampling")
     if problems:
         raise BaseModelError(
             f"{source}: LAFR needs Stable Diffusion 2.1-base (SD2.x, 4-channel, epsilon prediction), "

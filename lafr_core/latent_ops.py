@@ -1,0 +1,43 @@
+"""Latent-space steps shared by every host: raw VAE latent <-> LAFR's scaled latent.
+
+Hosts hand around the RAW VAE latent (ComfyUI's LATENT; A1111 scales inside its model); LAFR's
+adapter and UNet step work on the scaled latent (x 0.18215). The scale comes from the LAFR
+file's `lafr.latent_scale`, so the conversion is the file's own, whatever the host does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .lafr_file import LafrWeights
+
+
+class MissingStageError(ValueError):
+    """The LAFR file lacks the stage a node needs (adapter or LoRA + prompt)."""
+
+
+def require_adapter(weights: LafrWeights, node: str = "LAFR Latent Align") -> None:
+    if weights.aligner is None:
+        raise MissingStageError(
+            f"{node}: this LAFR file (stages {weights.stages}) has no stage-1 alignment adapter. "
+            f"Use a '1' or '1+2' file, or wire the VAE latent straight into LAFR Pruned UNet Step."
+        )
+
+
+def require_unet_step(weights: LafrWeights, node: str = "LAFR Pruned UNet Step") -> None:
+    if weights.prompt_embeds is None:
+        raise MissingStageError(
+            f"{node}: this LAFR file (stages {weights.stages}) holds only the stage-1 adapter; the UNet "
+            f"step needs a stage-2 file ('2' or '1+2') with the LoRA and the prompt embedding."
+        )
+
+
+@torch.no_grad()
+def align_raw_latent(weights: LafrWeights, raw: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Raw VAE latent [b, 4, h, w] -> aligned raw latent, computed on `device` in float32
+    (the adapter is 5M parameters: precision costs nothing), returned on raw's device."""
+    require_adapter(weights)
+    aligner = weights.aligner.to(device).eval()
+    scale = weights.latent_scale
+    aligned = aligner(raw.to(device=device, dtype=torch.float32) * scale) / scale
+    return aligned.to(raw.device)

@@ -1,0 +1,143 @@
+"""Everything that touches ComfyUI itself, in one thin module (DESIGN §3, HOSTS.md).
+
+comfy and folder_paths are imported inside the functions: the node classes (and their
+INPUT_TYPES) import without ComfyUI, so CI can check the example workflows against them.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+
+from ..lafr_core.base_model import BaseModelInfo, require_sd2_epsilon
+from ..lafr_core.batching import run_in_chunks
+from ..lafr_core.lafr_file import LafrWeights
+from ..lafr_core.latent_ops import require_unet_step
+from ..lafr_core.schedule import LAFR_TIMESTEP
+
+log = logging.getLogger("ComfyUI-LAFR")
+LAFR_FOLDER = "lafr"
+LAFR_EXTENSIONS = {".safetensors"}
+
+
+def register_lafr_folder() -> None:
+    """models/lafr with a .safetensors filter, keeping paths extra_model_paths.yaml added."""
+    import folder_paths
+
+    paths, _ = folder_paths.folder_names_and_paths.get(LAFR_FOLDER, ([], set()))
+    default = os.path.join(folder_paths.models_dir, LAFR_FOLDER)
+    if default not in paths:
+        paths = [default] + list(paths)
+    folder_paths.folder_names_and_paths[LAFR_FOLDER] = (paths, set(LAFR_EXTENSIONS))
+
+
+def lafr_filenames() -> list[str]:
+    import folder_paths
+
+    return folder_paths.get_filename_list(LAFR_FOLDER)
+
+
+def lafr_full_path(name: str) -> str:
+    import folder_paths
+
+    return folder_paths.get_full_path_or_raise(LAFR_FOLDER, name)
+
+
+def compute_device() -> torch.device:
+    import comfy.model_management as mm
+
+    return mm.get_torch_device()
+
+
+def intermediate_device() -> torch.device:
+    import comfy.model_management as mm
+
+    return mm.intermediate_device()
+
+
+def check_interrupt() -> None:
+    import comfy.model_management as mm
+
+    mm.throw_exception_if_processing_interrupted()
+
+
+class Progress:
+    """comfy.utils.ProgressBar over `total` items, set to the number done."""
+
+    def __init__(self, total: int) -> None:
+        import comfy.utils
+
+        self.bar = comfy.utils.ProgressBar(total)
+
+    def __call__(self, done: int) -> None:
+        self.bar.update_absolute(done)
+
+
+def model_info(model) -> BaseModelInfo:
+    """What a ComfyUI MODEL is, in lafr_core's terms."""
+    import comfy.model_sampling as ms_mod
+
+    base = model.model
+    unet_config = getattr(base.model_config, "unet_config", {}) or {}
+    context = unet_config.get("context_dim")
+    family = {768: "sd1.x", 1024: "sd2.x", 2048: "sdxl"}.get(context, type(base.model_config).__name__)
+    if unet_config.get("adm_in_channels"):
+        family = f"{family} with image/size conditioning ({type(base.model_config).__name__})"
+    sampling = model.get_model_object("model_sampling")
+    if isinstance(sampling, ms_mod.V_PREDICTION):
+        prediction = "v_prediction"
+    elif isinstance(sampling, ms_mod.EPS):
+        prediction = "epsilon"
+    else:
+        prediction = type(sampling).__name__
+    return BaseModelInfo(family, prediction, context, unet_config.get("in_channels"))
+
+
+def check_model(model, node: str) -> None:
+    require_sd2_epsilon(model_info(model), f"{node}: the MODEL input")
+
+
+def lora_patches(model, weights: LafrWeights) -> dict:
+    """The LAFR LoRA as ComfyUI weight patches (comfy.lora reads kohya names); every layer must
+    map onto the MODEL, otherwise the model is not the UNet the LoRA was trained on."""
+    import comfy.lora
+
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    layers = {k.rsplit(".lora_", 1)[0] for k in weights.kohya_lora if ".lora_" in k}
+    unknown = sorted(layer for layer in layers if layer not in key_map)
+    if unknown:
+        raise ValueError(f"the LAFR LoRA does not fit this MODEL: {len(unknown)} layers unknown, e.g. {unknown[:3]}")
+    return comfy.lora.load_lora(weights.kohya_lora, key_map, log_missing=False)
+
+
+def unet_step(model, weights: LafrWeights, raw: torch.Tensor, lora_strength: float, batch_size: int, node: str) -> torch.Tensor:
+    """Raw latent x_t (t = 999) -> raw x0 latent through the host's own UNet with the LoRA as
+    patches on a clone (the user's MODEL is untouched), all faces per forward, chunked on OOM."""
+    import comfy.model_management as mm
+
+    check_model(model, node)
+    require_unet_step(weights, node)
+    patched = model.clone()
+    if weights.kohya_lora and lora_strength:
+        patched.add_patches(lora_patches(patched, weights), lora_strength)
+    mm.load_models_gpu([patched])
+    base, device = patched.model, patched.load_device
+    sampling = patched.get_model_object("model_sampling")
+    sigma = sampling.sigmas[LAFR_TIMESTEP].float()
+    z_t = base.latent_format.process_in(raw.float())
+    prompt = weights.prompt_embeds
+
+    def step(chunk: torch.Tensor) -> torch.Tensor:
+        n = chunk.shape[0]
+        x = chunk.to(device) * math.sqrt(1.0 + float(sigma) ** 2)
+        x0 = base.apply_model(x, sigma.to(device).expand(n), c_crossattn=prompt.to(device).expand(n, -1, -1))
+        return x0.float().to(raw.device)
+
+    x0 = run_in_chunks(
+        step, z_t, chunk=batch_size or None, oom_errors=(mm.OOM_EXCEPTION,), before_chunk=check_interrupt,
+        after_chunk=Progress(z_t.shape[0]), on_oom=lambda n: (mm.soft_empty_cache(), log.warning("LAFR: out of memory, retrying %d faces per forward", n)),
+    )
+    return base.latent_format.process_out(x0)
