@@ -1,0 +1,111 @@
+"""LAFR Face Detect & Align and Face Paste Back: the image-space ends of the LAFR chain."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..lafr_core.face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FaceSet, align_faces, detect_faces, paste_faces
+from . import comfy_host
+
+log = logging.getLogger("ComfyUI-LAFR")
+
+DETECT_INPUTS = {
+    "detector": (list(DETECTORS), {"default": "auto", "tooltip": "auto: RetinaFace when facexlib and its weights are in models/facedetection, else the bundled MTCNN (offline)."}),
+    "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.01, "tooltip": "Minimum detector confidence; 0 = the detector's default (MTCNN 0.9, RetinaFace 0.97)."}),
+    "min_size": ("INT", {"default": DEFAULT_MIN_SIZE, "min": 0, "max": 4096, "tooltip": "Faces smaller than this many pixels are skipped (and counted)."}),
+    "select": ("STRING", {"default": "all", "tooltip": "all, largest, or face indices per image like 0,2 (0 = largest face)."}),
+}
+PASTE_INPUTS = {
+    "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Blend of the restored face over the original (0 = original)."}),
+    "colour_correction": (list(COLOUR_CORRECTIONS), {"default": "none", "tooltip": "Match the restored face's colours to the input face: lab (mean/std) or wavelet (low frequencies)."}),
+    "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "How softly the face mask fades out (fraction of the face ellipse)."}),
+}
+
+
+def parse_select(select: str):
+    """Widget text -> detect_faces' select argument."""
+    text = select.strip().lower()
+    if text in ("", "all"):
+        return "all"
+    if text == "largest":
+        return "largest"
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise ValueError(f"LAFR Face Detect & Align: select must be all, largest or indices like 0,2; got {select!r}") from None
+
+
+def detect_and_align(image: torch.Tensor, detector: str, threshold: float, min_size: int, select: str) -> tuple[torch.Tensor, FaceSet]:
+    """Detect on the compute device, align there, return crops on the intermediate device."""
+    device = comfy_host.compute_device()
+    faces = detect_faces(image.to(device), detector=detector, threshold=threshold or None, min_size=min_size,
+                         select=parse_select(select))
+    crops, faces = align_faces(image.to(device), faces)
+    if len(faces) == 0:
+        log.warning("LAFR: no face found in %d image(s) (%d too small); images pass through unchanged",
+                    image.shape[0], sum(faces.skipped_small))
+    return crops.to(comfy_host.intermediate_device()), faces
+
+
+def placeholder_crops(size: int = 512) -> torch.Tensor:
+    """One grey crop when no face was found, so a wired VAE Encode still gets an image (Face
+    Paste Back ignores it: the LAFR_FACES it receives is empty)."""
+    return torch.full((1, size, size, 3), 0.5)
+
+
+class LAFRFaceDetectAlign:
+    DESCRIPTION = "Finds faces (5 landmarks) and warps each to the 512x512 FFHQ layout LAFR was trained on."
+    CATEGORY = "LAFR"
+    RETURN_TYPES = ("IMAGE", "LAFR_FACES", "INT")
+    RETURN_NAMES = ("faces", "lafr_faces", "face_count")
+    OUTPUT_TOOLTIPS = (
+        "Aligned 512x512 crops, all faces of all images in one batch (one grey crop when none is found).",
+        "Where each face came from: wire to Face Paste Back.",
+        "Number of faces found (0: the images pass through Face Paste Back unchanged).",
+    )
+    FUNCTION = "detect"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"image": ("IMAGE", {"tooltip": "Photos with faces (any size, RGB/RGBA/grayscale)."}), **DETECT_INPUTS}}
+
+    def detect(self, image, detector, threshold, min_size, select):
+        crops, faces = detect_and_align(image, detector, threshold, min_size, select)
+        return (crops if len(faces) else placeholder_crops(), faces, len(faces))
+
+
+def paste_back(image: torch.Tensor, restored: torch.Tensor, faces: FaceSet, strength: float, colour_correction: str, feather: float) -> torch.Tensor:
+    if len(faces) == 0:
+        return image
+    if restored.shape[0] != len(faces):
+        raise ValueError(f"Face Paste Back: got {restored.shape[0]} restored faces for {len(faces)} detected faces; "
+                         "wire the VAE Decode of the same LAFR Face Detect & Align output")
+    device = comfy_host.compute_device()
+    out = paste_faces(image.to(device), restored[..., :3].to(device), faces, strength=strength,
+                      colour_correction=colour_correction, feather=feather)
+    return out.to(comfy_host.intermediate_device())
+
+
+class LAFRFacePasteBack:
+    DESCRIPTION = "Puts restored faces back into the original images with a feathered mask (alpha, grayscale and size kept)."
+    CATEGORY = "LAFR"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    OUTPUT_TOOLTIPS = ("The original images with the restored faces blended in.",)
+    FUNCTION = "paste"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The original images given to LAFR Face Detect & Align."}),
+                "restored_faces": ("IMAGE", {"tooltip": "VAE Decode of the restored latents, one per detected face."}),
+                "lafr_faces": ("LAFR_FACES", {"tooltip": "From LAFR Face Detect & Align."}),
+                **PASTE_INPUTS,
+            }
+        }
+
+    def paste(self, image, restored_faces, lafr_faces, strength, colour_correction, feather):
+        return (paste_back(image, restored_faces, lafr_faces, strength, colour_correction, feather),)
