@@ -57,13 +57,16 @@ def random_state_dict(cls, config: dict, dtype=torch.float16, seed: int = 0, std
     return {k: (torch.randn(v.shape, generator=gen) * std).to(dtype) for k, v in model.state_dict().items()}
 
 
-def sd21_ldm_checkpoint(dtype=torch.float16, seed: int = 0, v_prediction: bool = False, context_dim: int = 1024) -> dict[str, torch.Tensor]:
+def sd21_ldm_checkpoint(dtype=torch.float16, seed: int = 0, v_prediction: bool = False, context_dim: int = 1024, sd15: bool = False) -> dict[str, torch.Tensor]:
     """A full-size SD2.1-base original checkpoint (UNet + VAE, random weights). `context_dim`
-    768 gives an SD1.5-shaped cross-attention; `v_prediction` widens the sentinel bias."""
+    768 gives an SD1.5-width cross-attention; `sd15` the whole SD1.5 UNet layout (768-d context,
+    conv projections, 8 heads); `v_prediction` widens the sentinel bias."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     unet_config = sd21_unet_config()
     unet_config["cross_attention_dim"] = context_dim
+    if sd15:
+        unet_config.update(cross_attention_dim=768, use_linear_projection=False, attention_head_dim=8)
     unet_sd = random_state_dict(UNet2DConditionModel, unet_config, dtype, seed)
     ldm = {"model.diffusion_model." + k: v for k, v in diffusers_to_ldm(unet_sd, **layout_from_diffusers_config(unet_config)).items()}
     ldm.update(diffusers_vae_to_ldm(random_state_dict(AutoencoderKL, bundled_config("vae"), dtype, seed + 1)))

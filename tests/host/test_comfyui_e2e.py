@@ -1,0 +1,173 @@
+"""End to end in a real ComfyUI server (COMFYUI_DIR): the pack installed in a temporary
+custom_nodes, full-size SD2.1-base stand-ins (random weights, real LDM keys) and a LAFR file
+in the model folders, `main.py --cpu` on 127.0.0.1; every example workflow is converted to the
+API format with the server's own /object_info, posted, and must write an image of the input's
+size; an SD1.5-shaped checkpoint must fail with our message. Skipped when COMFYUI_DIR is unset.
+
+    COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/host/test_comfyui_e2e.py
+(the python must have ComfyUI's requirements installed)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from comfy_support import COMFYUI_DIR, REPO, needs_comfyui  # noqa: E402
+from conftest import DATA_DIR, build_unet, sd21_unet_config  # noqa: E402
+
+pytestmark = needs_comfyui
+PACK_PARTS = ("__init__.py", "nodes", "lafr_core", "web", "example_workflows", "pyproject.toml", "requirements.txt")
+CKPT, SD15_CKPT, LAFR, IMAGE = "v2-1_512-ema-pruned.safetensors", "sd15_stand_in.safetensors", "lafr.safetensors", "portrait.png"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(port: int, path: str, payload: dict | None = None, timeout: float = 30):
+    data = json.dumps(payload).encode() if payload is not None else None
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def install_pack(base: Path) -> None:
+    target = base / "custom_nodes" / "ComfyUI-LAFR"
+    target.mkdir(parents=True)
+    for part in PACK_PARTS:
+        src = REPO / part
+        if src.is_dir():
+            shutil.copytree(src, target / part, ignore=shutil.ignore_patterns("__pycache__"))
+        elif src.exists():
+            shutil.copy2(src, target / part)
+
+
+def write_models(base: Path) -> None:
+    from ldm_fixtures import sd21_ldm_checkpoint
+
+    from lafr_core.adapter import AlignerConfig, LatentAligner
+    from lafr_core.lafr_file import save_lafr
+    from lafr_core.lora import add_conv_lora, lora_state_to_kohya
+
+    ckpts = base / "models" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    save_file(sd21_ldm_checkpoint(), str(ckpts / CKPT))
+    save_file(sd21_ldm_checkpoint(sd15=True), str(ckpts / SD15_CKPT))
+    with torch.device("meta"):
+        from diffusers import UNet2DConditionModel
+
+        unet = UNet2DConditionModel(**sd21_unet_config())
+    add_conv_lora(unet)
+    gen = torch.Generator().manual_seed(0)
+    unet.to_empty(device="cpu")
+    for p in unet.parameters():
+        torch.nn.init.normal_(p, std=0.01, generator=gen)
+    save_lafr(base / "models" / "lafr" / LAFR, aligner=LatentAligner(AlignerConfig()),
+              kohya_lora=lora_state_to_kohya(unet), prompt_embeds=torch.randn(1, 77, 1024, generator=gen))
+
+
+def ui_to_api(workflow: dict, object_info: dict) -> dict:
+    """UI-format workflow -> API prompt, widget names taken from the server's node definitions."""
+    links = {l[0]: l for l in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        info = object_info[node["type"]]
+        inputs = {}
+        for inp in node["inputs"]:
+            _, src, src_slot, *_ = links[inp["link"]]
+            inputs[inp["name"]] = [str(src), src_slot]
+        socket_names = {i["name"] for i in node["inputs"]}
+        widget_names = [name for section in ("required", "optional") for name in info["input"].get(section, {})
+                        if name not in socket_names]
+        for name, value in zip(widget_names, node.get("widgets_values", [])):
+            inputs[name] = value
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def run_prompt(port: int, prompt: dict, timeout: float = 900) -> dict:
+    prompt_id = http(port, "/prompt", {"prompt": prompt})["prompt_id"]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        history = http(port, f"/history/{prompt_id}")
+        if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+            return history[prompt_id]
+        time.sleep(2)
+    raise TimeoutError(f"prompt {prompt_id} did not finish in {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.mktemp("comfy")
+    install_pack(base)
+    write_models(base)
+    (base / "input").mkdir()
+    Image.open(DATA_DIR / "astronaut.png").convert("RGB").save(base / "input" / IMAGE)
+    port = free_port()
+    log = open(base / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+                             "--base-directory", str(base)], cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                object_info = http(port, "/object_info", timeout=10)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ComfyUI did not start:\n{(base / 'server.log').read_text()[-3000:]}")
+                time.sleep(2)
+        yield port, base, object_info
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def test_nodes_are_registered_with_their_names(server):
+    _, base, info = server
+    names = {k: v["display_name"] for k, v in info.items() if k.startswith("LAFR")}
+    assert names == {"LAFRLoader": "LAFR Loader", "LAFRLatentAlign": "LAFR Latent Align",
+                     "LAFRPrunedUNetStep": "LAFR Pruned UNet Step", "LAFRFaceDetectAlign": "LAFR Face Detect & Align",
+                     "LAFRFacePasteBack": "Face Paste Back", "LAFRRestoreFaces": "LAFR Restore Faces"}
+    assert info["LAFRLoader"]["input"]["required"]["lafr_name"][0] == [LAFR]
+    ours = [line for line in (base / "server.log").read_text().splitlines() if "ComfyUI-LAFR" in line]
+    assert ours and not any("IMPORT FAILED" in line for line in ours), ours
+
+
+@pytest.mark.parametrize("workflow", sorted(p.name for p in (REPO / "example_workflows").glob("*.json")))
+def test_example_workflow_runs_and_saves_an_image(server, workflow):
+    port, base, info = server
+    prompt = ui_to_api(json.loads((REPO / "example_workflows" / workflow).read_text()), info)
+    result = run_prompt(port, prompt)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-2000:]
+    saved = [img for out in result["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
+    assert saved, result["outputs"]
+    path = base / "output" / saved[0]["subfolder"] / saved[0]["filename"]
+    assert Image.open(path).size == Image.open(base / "input" / IMAGE).size
+
+
+def test_sd15_checkpoint_is_refused_with_our_message(server):
+    port, _, info = server
+    prompt = ui_to_api(json.loads((REPO / "example_workflows" / "LAFR_restore_faces.json").read_text()), info)
+    loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
+    prompt[loader]["inputs"]["ckpt_name"] = SD15_CKPT
+    result = run_prompt(port, prompt)
+    assert result["status"]["status_str"] == "error"
+    errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "LAFR needs Stable Diffusion 2.1-base" in errors[0]["exception_message"]
+    assert "it is sd1.x" in errors[0]["exception_message"]
