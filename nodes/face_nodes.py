@@ -8,6 +8,7 @@ import torch
 
 from ..lafr_core.face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FaceSet, align_faces, detect_faces, paste_faces
 from . import comfy_host
+from .ui_preview import before_after, face_overlay
 
 log = logging.getLogger("ComfyUI-LAFR")
 
@@ -73,7 +74,8 @@ class LAFRFaceDetectAlign:
 
     def detect(self, image, detector, threshold, min_size, select):
         crops, faces = detect_and_align(image, detector, threshold, min_size, select)
-        return (crops if len(faces) else placeholder_crops(), faces, len(faces))
+        result = (crops if len(faces) else placeholder_crops(), faces, len(faces))
+        return {"ui": face_overlay(image, faces), "result": result}
 
 
 def paste_back(image: torch.Tensor, restored: torch.Tensor, faces: FaceSet, strength: float, colour_correction: str, feather: float) -> torch.Tensor:
@@ -108,4 +110,5 @@ class LAFRFacePasteBack:
         }
 
     def paste(self, image, restored_faces, lafr_faces, strength, colour_correction, feather):
-        return (paste_back(image, restored_faces, lafr_faces, strength, colour_correction, feather),)
+        out = paste_back(image, restored_faces, lafr_faces, strength, colour_correction, feather)
+        return {"ui": before_after(image, out), "result": (out,)}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..lafr_core.latent_ops import align_raw_latent
 from . import comfy_host
 from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, detect_and_align, paste_back, placeholder_crops
+from .ui_preview import before_after
 
 
 class LAFRRestoreFaces:
@@ -38,10 +39,11 @@ class LAFRRestoreFaces:
         comfy_host.check_model(model, "LAFR Restore Faces")
         crops, faces = detect_and_align(image, detector, threshold, min_size, select)
         if len(faces) == 0:
-            return (image, placeholder_crops(), 0)
+            return {"ui": before_after(image, image), "result": (image, placeholder_crops(), 0)}
         raw = vae.encode(crops)
         if lafr.aligner is not None:
             raw = align_raw_latent(lafr, raw, comfy_host.compute_device())
         x0 = comfy_host.unet_step(model, lafr, raw, lora_strength, batch_size=0, node="LAFR Restore Faces")
         restored = vae.decode(x0)
-        return (paste_back(image, restored, faces, strength, colour_correction, feather), restored, len(faces))
+        out = paste_back(image, restored, faces, strength, colour_correction, feather)
+        return {"ui": before_after(image, out), "result": (out, restored, len(faces))}

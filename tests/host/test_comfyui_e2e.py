@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import os
 import urllib.request
 from pathlib import Path
 
@@ -171,3 +172,23 @@ def test_sd15_checkpoint_is_refused_with_our_message(server):
     errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "LAFR needs Stable Diffusion 2.1-base" in errors[0]["exception_message"]
     assert "it is sd1.x" in errors[0]["exception_message"]
+
+
+PLAYWRIGHT_DIR = os.environ.get("PLAYWRIGHT_NODE_MODULES")  # a node_modules with playwright-core
+
+
+@pytest.mark.skipif(not PLAYWRIGHT_DIR or not shutil.which("node") or not Path("/usr/bin/chromium").exists(),
+                    reason="needs node, /usr/bin/chromium and PLAYWRIGHT_NODE_MODULES")
+@pytest.mark.parametrize("workflow", ["LAFR_restore_faces.json", "LAFR_three_nodes.json"])
+def test_frontend_shows_the_lafr_previews(server, workflow, tmp_path):
+    """The real frontend loads the example workflow, runs it, and the LAFR preview widgets appear
+    (before/after split; detected faces). The screenshot is kept next to the server log."""
+    port, base, _ = server
+    shot = base / f"screenshot_{Path(workflow).stem}.png"
+    out = subprocess.run(["node", str(REPO / "tests" / "host" / "web_screenshot.mjs"), f"http://127.0.0.1:{port}/",
+                          str(REPO / "example_workflows" / workflow), str(shot)],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    previews = json.loads(out.stdout.strip().splitlines()[-1])["previews"]
+    assert previews == (1 if workflow == "LAFR_restore_faces.json" else 2)
+    assert shot.stat().st_size > 10_000
