@@ -1,5 +1,5 @@
 // Headless Chromium check of the LAFR frontend extension in a running ComfyUI:
-//   node tests/host/web_screenshot.mjs URL WORKFLOW.json OUT.png
+//   node tests/host/web_screenshot.mjs URL WORKFLOW.json OUT.png [EXPECTED_PREVIEWS]
 // Loads the workflow in the real frontend, queues it, waits for the LAFR preview widget to show
 // a loaded image, and takes a screenshot. Needs playwright-core (PLAYWRIGHT_NODE_MODULES) and /usr/bin/chromium.
 import { readFileSync } from "node:fs";
@@ -9,7 +9,8 @@ import { createRequire } from "node:module";
 const require = createRequire(`${process.env.PLAYWRIGHT_NODE_MODULES ?? "."}/`);
 const { chromium } = require("playwright-core");
 
-const [url, workflowPath, outPath] = process.argv.slice(2);
+const [url, workflowPath, outPath, expectedArg] = process.argv.slice(2);
+const expected = Number(expectedArg ?? 1);
 const workflow = JSON.parse(readFileSync(workflowPath, "utf8"));
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -28,10 +29,17 @@ try {
     await app.loadGraphData(wf);
     await app.queuePrompt(0, 1);
   }, workflow);
-  await page.waitForFunction(() => {
+  await page.waitForFunction((n) => {
     const imgs = [...document.querySelectorAll(".lafr-preview img, .lafr-preview canvas")];
-    return imgs.length > 0 && imgs.every((el) => el.tagName === "CANVAS" || (el.complete && el.naturalWidth > 0));
-  }, null, { timeout: 600000, polling: 1000 });
+    return document.querySelectorAll(".lafr-preview").length >= n
+      && imgs.every((el) => el.tagName === "CANVAS" || (el.complete && el.naturalWidth > 0));
+  }, expected, { timeout: 600000, polling: 1000 });
+  await page.keyboard.press("Escape"); // the first-run template browser, if it opened
+  const split = await page.$(".lafr-preview img");
+  if (split) { // drag-free hover: move the split left of centre, where the face is
+    const b = await split.boundingBox();
+    await page.mouse.move(b.x + b.width * 0.45, b.y + b.height / 2);
+  }
   await page.waitForTimeout(1500);
   const count = await page.evaluate(() => document.querySelectorAll(".lafr-preview").length);
   await page.screenshot({ path: outPath });
