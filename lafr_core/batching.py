@@ -18,7 +18,9 @@ def run_in_chunks(
     fn: Callable[[torch.Tensor], torch.Tensor],
     batch: torch.Tensor,
     chunk: int | None = None,
-    oom_errors: tuple[type[BaseException], ...] = (torch.OutOfMemoryError,),
+    # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError on torch >= 2.5 and also exists on the
+    # torch 2.1 / 2.3 that A1111 and Forge ship (torch.OutOfMemoryError does not).
+    oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
     min_chunk: int = 1,
     before_chunk: Callable[[], None] | None = None,
     after_chunk: Callable[[int], None] | None = None,

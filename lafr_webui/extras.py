@@ -1,0 +1,55 @@
+"""Extras tab > LAFR: restore the faces of an uploaded image with the loaded SD2.1-base checkpoint.
+
+A postprocessing script is a modules.scripts_postprocessing.ScriptPostprocessing subclass found in
+a scripts/*.py module (HOSTS.md): ui() returns the components by argument name and process(pp,
+**args) edits pp.image (PIL, maybe RGBA) and records its parameters in pp.info, which the webui
+writes into the PNG. API calls that leave a script out pass None for all of its arguments, which
+ExtrasArgs reads as "off". Errors are reported (report.py) and raised, so the webui shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules import scripts_postprocessing, shared
+
+from . import RESTORER_NAME, service
+from .args import FROM_SETTINGS, ExtrasArgs
+from .images import pil_to_pixels, pixels_to_pil
+from .report import reported
+from .settings import lafr_files, read_settings
+
+ORDER = 2100  # after the webui's GFPGAN (2000), before CodeFormer (3000)
+
+
+class LafrExtras(scripts_postprocessing.ScriptPostprocessing):
+    name = RESTORER_NAME
+    order = ORDER
+
+    def ui(self) -> dict[str, Any]:
+        import gradio as gr
+        from modules import ui_components
+
+        defaults = ExtrasArgs()
+        with ui_components.InputAccordion(defaults.enable, label=RESTORER_NAME) as enable:
+            with gr.Row():
+                visibility = gr.Slider(minimum=0.0, maximum=1.0, step=0.01, value=defaults.visibility, label="Visibility",
+                                       elem_id="extras_lafr_visibility")
+                lafr_file = gr.Dropdown(choices=[FROM_SETTINGS] + lafr_files(), value=defaults.lafr_file, label="LAFR file",
+                                        elem_id="extras_lafr_file")
+        return {"enable": enable, "visibility": visibility, "lafr_file": lafr_file}
+
+    @reported("LAFR Extras")
+    def process(self, pp: Any, **args: Any) -> None:
+        extras = ExtrasArgs.from_dict(args)
+        if not extras.active:
+            return
+        pixels, mode = pil_to_pixels(pp.image)
+        outcome = service.restore(pixels, extras.over(read_settings(shared.opts)), label="LAFR")
+        if outcome.skipped:
+            return
+        if outcome.faces:
+            pp.image = pixels_to_pil(outcome.images, mode)
+        pp.info["LAFR visibility"] = round(extras.visibility, 3)
+        pp.info["LAFR model"] = outcome.lafr_file
+        pp.info["LAFR faces"] = outcome.faces

@@ -1,0 +1,143 @@
+"""One LAFR run inside the webui: check the loaded model, load the file, run the chain, clean up.
+
+Both entry points (face restorer, Extras) call `restore`. It never loads or swaps a checkpoint:
+the user's loaded model must be SD2.1-base (SD2.x eps), otherwise the image comes back unchanged
+with a message shown once. Progress goes to shared.state (textinfo and the step counters, put back
+afterwards), Interrupt/Skip stop it between face chunks (image unchanged), and
+devices.torch_gc() runs at the end whatever happened. The webui's modules are imported inside the
+functions, so this module imports without the webui.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lafr_core.base_model import BaseModelError, require_sd2_epsilon
+from lafr_core.host_chain import ChainInterrupted, FaceOptions, restore_images
+from lafr_core.lafr_file import LafrWeights, load_lafr
+
+from .args import RestoreArgs
+from .messages import notify, notify_once
+from .model_check import checkpoint_label, is_forge, loaded_model_info
+from .settings import detector_weights, resolve_lafr_file
+
+_cache: dict[str, Any] = {}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    images: torch.Tensor  # [B, H, W, C] float 0..1: restored, or the input when skipped
+    faces: int = 0
+    lafr_file: str | None = None  # the file's name in models/LAFR
+    skipped: str | None = None  # why nothing was restored (refused model, interrupted)
+
+
+def cached_weights(path: Path) -> LafrWeights:
+    """load_lafr(path), kept while the file is unchanged (one file cached: they are ~30 MB)."""
+    stat = path.stat()
+    key = (str(path), stat.st_mtime_ns, stat.st_size)
+    if _cache.get("key") != key:
+        _cache.clear()
+        _cache.update(key=key, weights=load_lafr(path))
+    return _cache["weights"]
+
+
+class _StateProgress:
+    """Progress and stop requests through shared.state, restoring what it changes."""
+
+    FIELDS = ("textinfo", "sampling_step", "sampling_steps")
+
+    def __init__(self, state: Any, label: str) -> None:
+        self.state, self.label = state, label
+        self.saved = {name: getattr(state, name, None) for name in self.FIELDS}
+
+    def __enter__(self) -> "_StateProgress":
+        self.state.textinfo = f"{self.label}: detecting faces"
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for name, value in self.saved.items():
+            setattr(self.state, name, value)
+
+    def should_stop(self) -> bool:
+        return bool(getattr(self.state, "interrupted", False) or getattr(self.state, "skipped", False))
+
+    def __call__(self, done: int, total: int) -> None:
+        self.state.sampling_steps, self.state.sampling_step = total, done
+        self.state.textinfo = f"{self.label}: {done}/{total} faces"
+
+
+def loaded_sd_model(shared: Any) -> Any:
+    """shared.sd_model. A1111 loads the selected checkpoint on first access by itself; Forge loads
+    lazily, so there the user's selected checkpoint is loaded the way every Forge generation starts
+    (sd_models.forge_model_reload). Either way it is the user's choice, never one LAFR picks."""
+    sd_model = shared.sd_model
+    if sd_model is None:
+        try:
+            from modules import sd_models
+        except ImportError:
+            return None
+        reload = getattr(sd_models, "forge_model_reload", None)
+        if reload is not None:
+            reload()
+            sd_model = shared.sd_model
+    return sd_model
+
+
+def _host_model(sd_model: Any, weights: LafrWeights, devices: Any):
+    """(the model adapter, its cleanup) for the webui that is running."""
+    if is_forge(sd_model):
+        from .forge import ForgeModel
+
+        model = ForgeModel(sd_model, weights)
+        return model, model.restore_user_weights
+    from .a1111 import A1111Model
+
+    return A1111Model(sd_model, weights, devices.device, devices.dtype_vae), (lambda: None)
+
+
+def restore(images: torch.Tensor, args: RestoreArgs, label: str = "LAFR") -> Outcome:
+    """Restore the faces of images [B, H, W, C] float 0..1 with the loaded checkpoint.
+
+    Returns the input unchanged (with `skipped` set) when the checkpoint is not SD2.x eps or the
+    user interrupted. File, detector and argument problems raise (callers report them)."""
+    from modules import devices, shared
+
+    sd_model = loaded_sd_model(shared)
+    if sd_model is None:
+        message = "no checkpoint is loaded yet: load SD2.1-base (v2-1_512-ema-pruned) and run again"
+        notify_once(("model", None), message)
+        return Outcome(images, skipped=message)
+    checkpoint = checkpoint_label(sd_model)
+    try:
+        require_sd2_epsilon(loaded_model_info(sd_model), f"LAFR cannot use the loaded checkpoint {checkpoint}")
+    except BaseModelError as exc:
+        notify_once(("model", checkpoint), f"{exc} Images pass through unchanged; LAFR never switches checkpoints itself.")
+        return Outcome(images, skipped=str(exc))
+
+    path = resolve_lafr_file(args.lafr_file)
+    weights = cached_weights(path)
+    name = path.name
+    options = FaceOptions(detector=args.detector, strength=args.strength, colour_correction=args.colour_correction,
+                          detector_weights=detector_weights(args.detector))
+    model, cleanup = _host_model(sd_model, weights, devices)
+
+    def on_oom(chunk: int) -> None:
+        devices.torch_gc()
+        notify(f"out of memory; retrying with {chunk} face(s) per forward")
+
+    try:
+        with _StateProgress(shared.state, label) as progress:
+            result = restore_images(images, weights, model.host_model(on_oom), options,
+                                    should_stop=progress.should_stop, progress=progress)
+    except ChainInterrupted:
+        return Outcome(images, lafr_file=name, skipped="interrupted")
+    finally:
+        cleanup()
+        devices.torch_gc()
+    return Outcome(result.images, len(result.faces), name)
+

@@ -1,0 +1,109 @@
+"""Settings > LAFR (file, detector, strength, colour correction) and the models/LAFR folder.
+
+The section is added the way the webui's own extensions do it: a script_callbacks.on_ui_settings
+callback calling shared.opts.add_option(key, shared.OptionInfo(...)) with section ("lafr", "LAFR")
+in the "postprocessing" category, next to "Face restoration". Values are read back with getattr
+defaults, so API-only runs (no settings UI built) still get the defaults.
+LAFR files live in <webui>/models/LAFR (modules.paths.models_path); RetinaFace weights are taken
+from models/GFPGAN, where the webui's own facexlib helper downloads them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lafr_core.face import COLOUR_CORRECTIONS, DETECTORS
+from lafr_core.face.retinaface import NETWORKS
+
+from .args import AUTOMATIC, RestoreArgs
+
+SECTION = ("lafr", "LAFR")
+CATEGORY = "postprocessing"
+LAFR_FOLDER = "LAFR"
+FACE_FOLDER = "GFPGAN"
+# option key -> RestoreArgs field
+OPTION_FIELDS = {
+    "lafr_file": "lafr_file",
+    "lafr_detector": "detector",
+    "lafr_strength": "strength",
+    "lafr_colour_correction": "colour_correction",
+}
+AUTO_NETWORK = "resnet50"  # what "auto" picks when RetinaFace can run (lafr_core.face.resolve_detector)
+
+
+def models_path() -> Path:
+    from modules import paths
+
+    return Path(paths.models_path)
+
+
+def lafr_folder() -> Path:
+    return models_path() / LAFR_FOLDER
+
+
+def lafr_files(folder: Path | None = None) -> list[str]:
+    """LAFR files (.safetensors) under the folder, as paths relative to it, sorted."""
+    folder = lafr_folder() if folder is None else folder
+    if not folder.is_dir():
+        return []
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors") if p.is_file())
+
+
+def resolve_lafr_file(name: str, folder: Path | None = None) -> Path:
+    """The file a setting names: AUTOMATIC is the first one in the folder. FileNotFoundError says
+    which folder to fill."""
+    folder = lafr_folder() if folder is None else folder
+    files = lafr_files(folder)
+    if name == AUTOMATIC:
+        if not files:
+            raise FileNotFoundError(f"no LAFR file in {folder}: put a LAFR .safetensors file there (trained with "
+                                    "`python -m train`; none are published) and pick it in Settings > LAFR")
+        return folder / files[0]
+    if name not in files:
+        listed = ", ".join(files) if files else "none"
+        raise FileNotFoundError(f"LAFR file {name!r} is not in {folder} (found: {listed}); pick another in Settings > LAFR")
+    return folder / name
+
+
+def detector_weights(detector: str, folder: Path | None = None) -> Path | None:
+    """models/GFPGAN when it holds the RetinaFace weights the detector would use, else None (then
+    lafr_core searches its usual folders, and "auto" falls back to the bundled MTCNN)."""
+    network = AUTO_NETWORK if detector == "auto" else detector.removeprefix("retinaface_")
+    if network not in NETWORKS:
+        return None
+    folder = models_path() / FACE_FOLDER if folder is None else folder
+    return folder if (folder / NETWORKS[network]).is_file() else None
+
+
+def read_settings(opts: Any) -> RestoreArgs:
+    """RestoreArgs from shared.opts (missing options: the defaults)."""
+    return RestoreArgs.from_dict({field: getattr(opts, key, None) for key, field in OPTION_FIELDS.items()})
+
+
+def file_choices() -> list[str]:
+    return [AUTOMATIC] + lafr_files()
+
+
+def add_settings() -> None:
+    """on_ui_settings callback: the LAFR section of Settings."""
+    import gradio as gr
+    from modules import shared
+
+    defaults = RestoreArgs()
+    options = {
+        "lafr_file": shared.OptionInfo(defaults.lafr_file, "LAFR file", gr.Dropdown, lambda: {"choices": file_choices()},
+                                       refresh=lafr_files).info(f"from models/{LAFR_FOLDER}; Automatic = the first one"),
+        "lafr_detector": shared.OptionInfo(defaults.detector, "Face detector", gr.Radio, {"choices": list(DETECTORS)}).info(
+            "auto = RetinaFace when facexlib and its weights (models/GFPGAN) are present, else the bundled MTCNN"),
+        "lafr_strength": shared.OptionInfo(defaults.strength, "Strength", gr.Slider,
+                                           {"minimum": 0.0, "maximum": 1.0, "step": 0.01}).info(
+            "blend of the restored face over the original; 0 = original"),
+        "lafr_colour_correction": shared.OptionInfo(defaults.colour_correction, "Colour correction", gr.Radio,
+                                                    {"choices": list(COLOUR_CORRECTIONS)}).info(
+            "match the restored face's colours to the original face: lab (mean/std) or wavelet (low frequencies)"),
+    }
+    for key, info in options.items():
+        info.section = SECTION
+        info.category_id = CATEGORY
+        shared.opts.add_option(key, info)
