@@ -46,6 +46,13 @@ def lafr_full_path(name: str) -> str:
     return folder_paths.get_full_path_or_raise(LAFR_FOLDER, name)
 
 
+def face_models_folder() -> str:
+    """models/facedetection: where face packs keep facexlib's RetinaFace/ParseNet weights."""
+    import folder_paths
+
+    return os.path.join(folder_paths.models_dir, "facedetection")
+
+
 def compute_device() -> torch.device:
     import comfy.model_management as mm
 
@@ -113,31 +120,52 @@ def lora_patches(model, weights: LafrWeights) -> dict:
     return comfy.lora.load_lora(weights.kohya_lora, key_map, log_missing=False)
 
 
-def unet_step(model, weights: LafrWeights, raw: torch.Tensor, lora_strength: float, batch_size: int, node: str) -> torch.Tensor:
-    """Raw latent x_t (t = 999) -> raw x0 latent through the host's own UNet with the LoRA as
-    patches on a clone (the user's MODEL is untouched), all faces per forward, chunked on OOM."""
+class PatchedUNet:
+    """The user's MODEL cloned with the LAFR LoRA as patches and loaded by ComfyUI's memory
+    management; `denoise` is one step at t = 999 on SCALED latents (the user's MODEL is
+    untouched: the patches live on the clone, as with ComfyUI's own LoraLoader)."""
+
+    def __init__(self, model, weights: LafrWeights, lora_strength: float, node: str) -> None:
+        import comfy.model_management as mm
+
+        check_model(model, node)
+        require_unet_step(weights, node)
+        self.patched = model.clone()
+        if weights.kohya_lora and lora_strength:
+            self.patched.add_patches(lora_patches(self.patched, weights), lora_strength)
+        mm.load_models_gpu([self.patched])
+        self.base, self.device = self.patched.model, self.patched.load_device
+        self.sigma = self.patched.get_model_object("model_sampling").sigmas[LAFR_TIMESTEP].float()
+        self.prompt = weights.prompt_embeds
+
+    def denoise(self, z_t: torch.Tensor) -> torch.Tensor:
+        """Scaled x_t -> scaled x0 (apply_model of an EPS model returns x0 for x = x_t*sqrt(1+sigma^2))."""
+        n = z_t.shape[0]
+        x = z_t.to(self.device) * math.sqrt(1.0 + float(self.sigma) ** 2)
+        x0 = self.base.apply_model(x, self.sigma.to(self.device).expand(n), c_crossattn=self.prompt.to(self.device).expand(n, -1, -1))
+        return x0.float()
+
+
+def oom_errors() -> tuple[type[BaseException], ...]:
     import comfy.model_management as mm
 
-    check_model(model, node)
-    require_unet_step(weights, node)
-    patched = model.clone()
-    if weights.kohya_lora and lora_strength:
-        patched.add_patches(lora_patches(patched, weights), lora_strength)
-    mm.load_models_gpu([patched])
-    base, device = patched.model, patched.load_device
-    sampling = patched.get_model_object("model_sampling")
-    sigma = sampling.sigmas[LAFR_TIMESTEP].float()
-    z_t = base.latent_format.process_in(raw.float())
-    prompt = weights.prompt_embeds
+    return (mm.OOM_EXCEPTION,)
 
-    def step(chunk: torch.Tensor) -> torch.Tensor:
-        n = chunk.shape[0]
-        x = chunk.to(device) * math.sqrt(1.0 + float(sigma) ** 2)
-        x0 = base.apply_model(x, sigma.to(device).expand(n), c_crossattn=prompt.to(device).expand(n, -1, -1))
-        return x0.float().to(raw.device)
 
+def free_memory_after_oom(chunk: int) -> None:
+    import comfy.model_management as mm
+
+    mm.soft_empty_cache()
+    log.warning("LAFR: out of memory, retrying %d faces per forward", chunk)
+
+
+def unet_step(model, weights: LafrWeights, raw: torch.Tensor, lora_strength: float, batch_size: int, node: str) -> torch.Tensor:
+    """Raw latent x_t (t = 999) -> raw x0 latent through the host's own UNet, all faces per
+    forward, chunked on OOM, with progress and interruption."""
+    unet = PatchedUNet(model, weights, lora_strength, node)
+    z_t = unet.base.latent_format.process_in(raw.float())
     x0 = run_in_chunks(
-        step, z_t, chunk=batch_size or None, oom_errors=(mm.OOM_EXCEPTION,), before_chunk=check_interrupt,
-        after_chunk=Progress(z_t.shape[0]), on_oom=lambda n: (mm.soft_empty_cache(), log.warning("LAFR: out of memory, retrying %d faces per forward", n)),
+        lambda chunk: unet.denoise(chunk).to(raw.device), z_t, chunk=batch_size or None, oom_errors=oom_errors(),
+        before_chunk=check_interrupt, after_chunk=Progress(z_t.shape[0]), on_oom=free_memory_after_oom,
     )
-    return base.latent_format.process_out(x0)
+    return unet.base.latent_format.process_out(x0)

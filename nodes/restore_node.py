@@ -1,12 +1,20 @@
 """LAFR Restore Faces: the whole chain in one node (detect, align, encode, align latent, one
-UNet step, decode, paste back), on the user's MODEL and VAE."""
+UNet step, decode, paste back) on the user's MODEL and VAE, through lafr_core.host_chain, the
+same chain the A1111/Forge restorer runs."""
 
 from __future__ import annotations
 
-from ..lafr_core.latent_ops import align_raw_latent
+from ..lafr_core.host_chain import FaceOptions, HostModel, restore_images
 from . import comfy_host
-from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, detect_and_align, paste_back, placeholder_crops
+from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, parse_select, placeholder_crops
 from .ui_preview import before_after
+
+NODE = "LAFR Restore Faces"
+
+
+def _interrupted() -> bool:
+    comfy_host.check_interrupt()  # raises ComfyUI's own interruption exception
+    return False
 
 
 class LAFRRestoreFaces:
@@ -36,14 +44,20 @@ class LAFRRestoreFaces:
         }
 
     def restore(self, image, model, vae, lafr, detector, threshold, min_size, select, strength, colour_correction, feather, lora_strength):
-        comfy_host.check_model(model, "LAFR Restore Faces")
-        crops, faces = detect_and_align(image, detector, threshold, min_size, select)
-        if len(faces) == 0:
-            return {"ui": before_after(image, image), "result": (image, placeholder_crops(), 0)}
-        raw = vae.encode(crops)
-        if lafr.aligner is not None:
-            raw = align_raw_latent(lafr, raw, comfy_host.compute_device())
-        x0 = comfy_host.unet_step(model, lafr, raw, lora_strength, batch_size=0, node="LAFR Restore Faces")
-        restored = vae.decode(x0)
-        out = paste_back(image, restored, faces, strength, colour_correction, feather)
-        return {"ui": before_after(image, out), "result": (out, restored, len(faces))}
+        unet = comfy_host.PatchedUNet(model, lafr, lora_strength, NODE)
+        host = HostModel(encode=vae.encode, denoise=unet.denoise, decode=vae.decode, device=comfy_host.compute_device(),
+                         oom_errors=comfy_host.oom_errors(), on_oom=comfy_host.free_memory_after_oom)
+        options = FaceOptions(detector=detector, threshold=threshold or None, min_size=min_size, select=parse_select(select),
+                              strength=strength, colour_correction=colour_correction, feather=feather,
+                              detector_weights=comfy_host.face_models_folder())
+        progress = None
+
+        def tick(done: int, total: int) -> None:
+            nonlocal progress
+            progress = progress or comfy_host.Progress(total)
+            progress(done)
+
+        result = restore_images(image, lafr, host, options, should_stop=_interrupted, progress=tick)
+        out = result.images.to(comfy_host.intermediate_device())
+        restored = result.restored.to(comfy_host.intermediate_device()) if result.restored is not None else placeholder_crops()
+        return {"ui": before_after(image, out), "result": (out, restored, len(result.faces))}
