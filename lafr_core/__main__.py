@@ -114,11 +114,28 @@ def run_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- restore
+
+
+def add_restore_arguments(parser: argparse.ArgumentParser) -> None:
+    from .restore_cli import add_arguments
+
+    add_arguments(parser)
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    """Logic lives in restore_cli (tests inject a restorer there); this only dispatches."""
+    from .restore_cli import main as restore_main
+
+    return restore_main(args)
+
+
 # --------------------------------------------------------------------------- registry and entry
 
 COMMANDS: dict[str, Command] = {
     "info": Command("check LAFR files and describe what they hold", add_info_arguments, run_info),
     "doctor": Command("report devices, versions and the models this machine has", add_doctor_arguments, run_doctor),
+    "restore": Command("restore the faces in photos: detect, align, LAFR, paste back", add_restore_arguments, run_restore),
 }
 
 

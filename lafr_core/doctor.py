@@ -2,7 +2,8 @@
 
 The first thing to run after installing: it answers "why doesn't it restore?" without a
 traceback: devices, library versions, SD2.1-base checkpoints (identified from their headers,
-so SD1.5/SDXL/v-prediction files are flagged) and LAFR files (validated by the real loader).
+so SD1.5/SDXL/v-prediction files are flagged), LAFR files (validated by the real loader) and
+the face detectors this machine can run (bundled MTCNN; RetinaFace files in the usual folders).
 """
 
 from __future__ import annotations
@@ -74,6 +75,34 @@ def check_lafr_file(path: Path) -> str:
     return f"ok: stages {meta.get('lafr.stages')}"
 
 
+def face_detector_rows() -> list[str]:
+    """One line per detector: usable (and from which file) or why not. Reads no weights."""
+    from .face.detect import DETECTORS, detector_status, resolve_detector
+    from .face.mtcnn import WEIGHTS as MTCNN_WEIGHTS
+    from .face.retinaface import NETWORKS, facexlib_problem
+    from .model_paths import find_face_model
+
+    rows = []
+    for name in DETECTORS[1:]:
+        if name == "mtcnn":
+            problem = detector_status(name)
+            rows.append(f"  mtcnn: {'ok, bundled ' + str(MTCNN_WEIGHTS) if problem is None else problem}")
+            continue
+        file_name = NETWORKS[name.removeprefix("retinaface_")]
+        found, _ = find_face_model(file_name)
+        problem = facexlib_problem()
+        if found is None:
+            rows.append(f"  {name}: {file_name} not found" + (f" (and {problem})" if problem else ""))
+        else:
+            rows.append(f"  {name}: {found}" + (f", but {problem}" if problem else ""))
+    rows.append(f"  auto picks: {resolve_detector('auto')}")
+    from .face.parsing import PARSENET_FILE
+
+    found, _ = find_face_model(PARSENET_FILE)
+    rows.append(f"  parsenet paste mask: {found if found is not None else PARSENET_FILE + ' not found (the landmark mask needs no weights)'}")
+    return rows
+
+
 def report() -> list[str]:
     folders = search_folders()
     lines = ["devices:"] + [f"  {d}" for d in devices()]
@@ -90,4 +119,6 @@ def report() -> list[str]:
         "  none found: train one with `python -m train stage1 ...` / `stage2 ...` (no pretrained LAFR weights "
         "are published) and put the .safetensors in one of those folders"
     ]
+    lines += ["face detectors (searched: LAFR_FACE_MODELS_DIR, " + ", ".join(map(str, folders.face)) + "):"]
+    lines += face_detector_rows()
     return lines

@@ -7,11 +7,14 @@ Searched in this order (first hit wins for defaults; `doctor` lists everything):
   3. an A1111/Forge install (A1111_DIR / FORGE_DIR, else ~/stable-diffusion-webui):
      models/Stable-diffusion, models/LAFR;
   4. the Hugging Face hub cache (HF_HUB_CACHE / HF_HOME), for stabilityai/stable-diffusion-2-1-base.
+Face-detector weights (facexlib's RetinaFace / ParseNet files) are looked for in LAFR_FACE_MODELS_DIR,
+ComfyUI's models/facedetection, A1111's models/GFPGAN and facexlib's own weights folder.
 Nothing here downloads: a user with internet passes the hub id explicitly.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,7 @@ class SearchFolders:
     base: list[Path]  # folders of SD checkpoints
     lafr: list[Path]  # folders of LAFR files
     hub_cache: Path
+    face: tuple[Path, ...] = ()  # folders of face-detector / parsing weights (facexlib files)
 
 
 def _env_path(name: str) -> Path | None:
@@ -41,7 +45,38 @@ def search_folders() -> SearchFolders:
     base = [comfy / "models" / "checkpoints"] + [w / "models" / "Stable-diffusion" for w in webuis]
     hf_home = _env_path("HF_HOME") or home / ".cache" / "huggingface"
     hub_cache = _env_path("HF_HUB_CACHE") or hf_home / "hub"
-    return SearchFolders(base=base, lafr=lafr, hub_cache=hub_cache)
+    face = [p for p in (_env_path("LAFR_FACE_MODELS_DIR"),) if p]
+    face += [comfy / "models" / "facedetection"] + [w / "models" / "GFPGAN" for w in webuis]
+    own = facexlib_weights_folder()
+    face += [own] if own is not None else []
+    return SearchFolders(base=base, lafr=lafr, hub_cache=hub_cache, face=tuple(face))
+
+
+def facexlib_weights_folder() -> Path | None:
+    """facexlib's own download folder (<package>/weights), found without importing facexlib."""
+    try:
+        spec = importlib.util.find_spec("facexlib")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "weights"
+
+
+def find_face_model(file_name: str, explicit: str | Path | None = None) -> tuple[Path | None, list[Path]]:
+    """(the file if found, the places searched): an explicit file or folder first, then the
+    face-model folders. The caller turns a miss into a message that lists the places."""
+    searched: list[Path] = []
+    if explicit is not None:
+        explicit = Path(explicit).expanduser()
+        candidate = explicit / file_name if explicit.is_dir() else explicit
+        searched.append(candidate)
+        return (candidate if candidate.is_file() else None), searched
+    for folder in search_folders().face:
+        searched.append(folder)
+        if (folder / file_name).is_file():
+            return folder / file_name, searched
+    return None, searched
 
 
 def _files_in(folders: list[Path], suffixes: tuple[str, ...]) -> list[Path]:

@@ -1,0 +1,319 @@
+"""`python -m lafr_core restore INPUT... -o OUT`: detect -> align -> LAFR -> paste back, per photo.
+
+The restorer is injected as `restore_fn(crops [N, S, S, 3]) -> restored crops`, so tests (and
+other callers) can run the whole flow with any model; the CLI builds it from LafrPipeline.
+Without SD2.1-base or LAFR weights the command still detects and aligns every photo and writes
+the preview (the user sees what would be restored), then exits non-zero with a message naming
+each missing weight and every place it looked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, align_faces, detect_faces, paste_faces, resolve_detector
+from .face.align import DEFAULT_CROP_SIZE
+from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
+from .model_paths import SD21_HUB_ID, base_model_candidates, lafr_file_candidates, search_folders
+
+RestoreFn = Callable[[torch.Tensor], torch.Tensor]
+EXIT_MISSING_WEIGHTS = 2  # distinct from 1 (some image failed) so scripts can tell them apart
+PREVIEW_SUFFIX = ".preview.png"
+
+
+@dataclass(frozen=True)
+class RestoreOptions:
+    """Every knob of the restore command; defaults are the library's."""
+
+    detector: str = "auto"
+    threshold: float | None = None
+    min_size: float = DEFAULT_MIN_SIZE
+    select: str | tuple[int, ...] = "all"
+    strength: float = 1.0
+    colour_correction: str = "none"
+    feather: float = DEFAULT_FEATHER
+    mask: str = "landmarks"
+    size: int = DEFAULT_CROP_SIZE
+    device: str | None = None
+    detector_weights: str | None = None
+    save_crops: bool = False
+    save_preview: bool = False
+
+
+@dataclass
+class ImageReport:
+    source: Path
+    output: Path | None = None
+    faces: int = 0
+    skipped_small: int = 0
+    previews: list[Path] = field(default_factory=list)
+    error: str | None = None
+
+    def line(self) -> str:
+        if self.error:
+            return f"{self.source}: ERROR {self.error}"
+        text = f"{self.source}: {self.faces} face{'s' if self.faces != 1 else ''}"
+        if self.skipped_small:
+            text += f", {self.skipped_small} too small skipped"
+        if self.output is not None:
+            text += " -> " + str(self.output) + (" (no face: copied unchanged)" if self.faces == 0 else "")
+        return text
+
+
+# --------------------------------------------------------------------------- inputs and outputs
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Image files named directly, plus the images directly inside named folders (sorted)."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif item.exists():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return files
+
+
+def output_paths(sources: Sequence[Path], out: Path) -> list[Path]:
+    """Where each result goes: `out` itself for one input when `out` has an image suffix, else
+    out/<name> (a second input with the same name gets _2, _3...)."""
+    if len(sources) == 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
+        targets = [out]
+    else:
+        seen: dict[str, int] = {}
+        targets = []
+        for src in sources:
+            count = seen[src.name] = seen.get(src.name, 0) + 1
+            name = src.name if count == 1 else f"{src.stem}_{count}{src.suffix}"
+            targets.append(out / name)
+    for src, dst in zip(sources, targets, strict=True):
+        if src.resolve() == dst.resolve():
+            raise ValueError(f"{dst}: the output would overwrite its input; choose another -o")
+    return targets
+
+
+# --------------------------------------------------------------------------- finding the weights
+
+
+@dataclass(frozen=True)
+class WeightsLookup:
+    base: str | None
+    lafr: Path | None
+    missing: str | None  # the message when either is missing
+
+
+def _usable_base(candidate: Path | str) -> bool:
+    from .doctor import check_base_checkpoint
+
+    status = check_base_checkpoint(candidate)
+    return not status.startswith(("not usable", "unreadable"))
+
+
+def find_weights(base: str | None, lafr: str | None) -> WeightsLookup:
+    """SD2.1-base and LAFR weights from the flags, else env vars and the model folders."""
+    folders = search_folders()
+    found_base: str | None = None
+    base_places = []
+    if base:
+        base_places.append(f"--base {base}")
+        exists = Path(base).exists() or ("/" in base and not Path(base).is_absolute() and not base.startswith("."))
+        found_base = base if exists else None
+    else:
+        base_places.append(f"LAFR_BASE_MODEL ({os.environ.get('LAFR_BASE_MODEL') or 'not set'})")
+        base_places += [str(p) for p in folders.base]
+        base_places.append(f"hub cache {folders.hub_cache} ({SD21_HUB_ID})")
+        usable = [c for c in base_model_candidates() if _usable_base(c)]
+        found_base = str(usable[0]) if usable else None
+    found_lafr: Path | None = None
+    lafr_places = []
+    if lafr:
+        lafr_places.append(f"--lafr {lafr}")
+        found_lafr = Path(lafr) if Path(lafr).is_file() else None
+    else:
+        lafr_places.append(f"LAFR_MODEL ({os.environ.get('LAFR_MODEL') or 'not set'})")
+        lafr_places += [str(p) for p in folders.lafr]
+        candidates = lafr_file_candidates()
+        found_lafr = candidates[0] if candidates else None
+    problems = []
+    if found_base is None:
+        problems.append("SD2.1-base weights: none found. Looked in:\n    " + "\n    ".join(base_places)
+                        + "\n  Put v2-1_512-ema-pruned.safetensors in one of those folders or pass --base.")
+    if found_lafr is None:
+        problems.append("LAFR weights: none found. Looked in:\n    " + "\n    ".join(lafr_places)
+                        + "\n  Train them with `python -m train` (none are published) and pass --lafr.")
+    missing = None
+    if problems:
+        missing = "missing weights: faces were detected and aligned (see the previews) but not restored.\n  " + "\n  ".join(problems)
+    return WeightsLookup(found_base, found_lafr, missing)
+
+
+def pipeline_restore_fn(base: str, lafr: Path, device: str | None, batch_size: int) -> RestoreFn:
+    """restore_fn backed by the standalone diffusers pipeline (imported only here)."""
+    from .pipeline import LafrPipeline
+
+    pipe = LafrPipeline.from_pretrained(base, lafr, device=device)
+    return lambda crops: pipe.restore(crops.to(pipe.device), batch_size=batch_size).to(crops.device)
+
+
+# --------------------------------------------------------------------------- one image
+
+
+def process_image(
+    source: Path,
+    target: Path,
+    options: RestoreOptions,
+    restore_fn: RestoreFn | None,
+) -> ImageReport:
+    """Restore the faces of one photo into `target` (or only preview when restore_fn is None)."""
+    report = ImageReport(source)
+    try:
+        image = read_image(source)
+    except ImageReadError as exc:
+        report.error = str(exc)
+        return report
+    device = torch.device(options.device) if options.device else image.pixels.device
+    pixels = image.pixels.to(device)
+    detector = resolve_detector(options.detector, options.detector_weights)
+    weights = options.detector_weights if detector.startswith("retinaface") else None  # never a RetinaFace file for MTCNN
+    faces = detect_faces(pixels, detector=detector, threshold=options.threshold, min_size=options.min_size,
+                         select=options.select, weights=weights)
+    report.faces, report.skipped_small = len(faces), sum(faces.skipped_small)
+    crops, faces = align_faces(pixels, faces, size=options.size)
+    restored = output = None
+    if restore_fn is not None:
+        if len(faces) == 0 and output_format(target, image.format) == image.format:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)  # byte for byte: nothing to restore
+        elif len(faces) == 0:
+            write_image(target, image.pixels, image)  # only converted to the format -o asks for
+        else:
+            restored = restore_fn(crops)
+            output = paste_faces(pixels, restored, faces, strength=options.strength,
+                                 colour_correction=options.colour_correction, feather=options.feather, source_crops=crops,
+                                 mask=options.mask, mask_weights=_folder(options.detector_weights))
+            write_image(target, output.cpu(), image)
+        report.output = target
+    report.previews = _write_extras(image, target, faces, crops, restored, output, options, restore_fn is None)
+    return report
+
+
+def _folder(path: str | None) -> str | None:
+    """--detector-weights as a folder to search for ParseNet too (a file is RetinaFace's only)."""
+    return path if path and Path(path).is_dir() else None
+
+
+def _write_extras(image: LoadedImage, target: Path, faces, crops, restored, output, options: RestoreOptions, no_model: bool) -> list[Path]:
+    from PIL import Image
+
+    from .image_io import to_uint8_rgb
+    from .preview import preview_sheet
+
+    written = []
+    stem = target.parent / target.stem
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if options.save_crops:
+        for i, crop in enumerate(crops):
+            path = Path(f"{stem}.face{i}.png")
+            Image.fromarray(to_uint8_rgb(crop.cpu())).save(path)
+            written.append(path)
+            if restored is not None:
+                path = Path(f"{stem}.face{i}.restored.png")
+                Image.fromarray(to_uint8_rgb(restored[i].cpu())).save(path)
+                written.append(path)
+    if options.save_preview or no_model:
+        path = Path(f"{stem}{PREVIEW_SUFFIX}")
+        sheet = preview_sheet(image.pixels[0], faces.to("cpu"), 0, crops.cpu(), None if restored is None else restored.cpu(),
+                              None if output is None else output[0].cpu())
+        sheet.save(path)
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run_restore(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    options: RestoreOptions = RestoreOptions(),
+    restore_fn: RestoreFn | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[ImageReport]:
+    """Every input photo through `process_image`, with a tqdm bar; returns one report each."""
+    from tqdm import tqdm
+
+    sources = collect_inputs(inputs)
+    targets = output_paths(sources, Path(out))
+    log = log or tqdm.write
+    reports = []
+    for source, target in tqdm(list(zip(sources, targets, strict=True)), unit="image", disable=not progress or not sources):
+        report = process_image(source, target, options, restore_fn)
+        log(report.line())
+        reports.append(report)
+    return reports
+
+
+def parse_select(text: str) -> str | tuple[int, ...]:
+    """'all', 'largest' or comma-separated indices '0,2'."""
+    if text in ("all", "largest"):
+        return text
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--select takes 'all', 'largest' or indices like 0,2; got {text!r}") from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (png, jpg, webp) or folders of them")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder (or a file name for one input)")
+    parser.add_argument("--base", help="SD2.1-base checkpoint, diffusers folder or hub id (default: LAFR_BASE_MODEL, model folders)")
+    parser.add_argument("--lafr", help="LAFR .safetensors file (default: LAFR_MODEL, model folders)")
+    parser.add_argument("--detector", choices=DETECTORS, default="auto", help="face detector (auto: RetinaFace if its weights are here, else bundled MTCNN)")
+    parser.add_argument("--detector-weights", help="folder (or file) of facexlib weights: RetinaFace, and ParseNet for --mask parsenet (default: the usual model folders)")
+    parser.add_argument("--threshold", type=float, help="minimum detection confidence (default: the detector's)")
+    parser.add_argument("--min-size", type=float, default=DEFAULT_MIN_SIZE, help="skip faces smaller than this many pixels")
+    parser.add_argument("--select", type=parse_select, default="all", help="all, largest, or face indices per image like 0,2 (0 = largest)")
+    parser.add_argument("--strength", type=float, default=1.0, help="blend of the restored face, 0..1")
+    parser.add_argument("--colour-correction", "--color-correction", dest="colour_correction", choices=COLOUR_CORRECTIONS, default="none",
+                        help="match the restored face's colours to the input face")
+    parser.add_argument("--feather", type=float, default=DEFAULT_FEATHER, help="soft edge of the face mask, fraction of the face radius")
+    parser.add_argument("--mask", choices=MASKS, default="landmarks",
+                        help="paste mask: landmarks (feathered ellipse, no weights) or parsenet (needs parsing_parsenet.pth locally)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=8, help="faces per UNet forward")
+    parser.add_argument("--save-crops", action="store_true", help="also write the aligned (and restored) 512px crops")
+    parser.add_argument("--save-preview", action="store_true", help="also write NAME.preview.png: detections, crops, result")
+
+
+def main(args: argparse.Namespace, restore_fn: RestoreFn | None = None) -> int:
+    """The CLI: returns 0, 1 (an image failed) or EXIT_MISSING_WEIGHTS."""
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    options = RestoreOptions(
+        detector=args.detector, threshold=args.threshold, min_size=args.min_size, select=args.select,
+        strength=args.strength, colour_correction=args.colour_correction, feather=args.feather, mask=args.mask, device=device,
+        detector_weights=args.detector_weights, save_crops=args.save_crops, save_preview=args.save_preview,
+    )
+    lookup = None
+    try:
+        if restore_fn is None:
+            lookup = find_weights(args.base, args.lafr)
+            if lookup.missing is None:
+                restore_fn = pipeline_restore_fn(lookup.base, lookup.lafr, device, args.batch_size)
+        reports = run_restore(args.inputs, args.output, options, restore_fn)
+    except (FaceError, FileNotFoundError, ValueError) as exc:  # bad weights, detector, inputs: one clear line
+        print(f"error: {exc}")
+        return 1
+    if lookup is not None and lookup.missing is not None:
+        print(lookup.missing)
+        return EXIT_MISSING_WEIGHTS
+    return 1 if any(r.error for r in reports) else 0

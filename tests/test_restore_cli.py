@@ -1,0 +1,143 @@
+"""`python -m lafr_core restore`: end to end with a tiny LAFR pipeline injected, and the
+no-weights path in a subprocess (detects, writes the preview, says what is missing and where)."""
+
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, build_unet, tiny_unet_config
+from face_fixtures import DATA, compose_canvas
+from lafr_core.__main__ import build_parser
+from lafr_core.restore_cli import EXIT_MISSING_WEIGHTS, main, parse_select
+from test_pipeline import tiny_weights
+
+
+@pytest.fixture(scope="module")
+def tiny_restore():
+    """LafrPipeline.restore on tiny random diffusers models (VAE 8x down: 512 crops -> 64x64 latents)."""
+    from diffusers import AutoencoderKL
+
+    from lafr_core.pipeline import LafrPipeline
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(block_out_channels=[4, 4, 4, 4], down_block_types=["DownEncoderBlock2D"] * 4,
+                        up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=2,
+                        latent_channels=4, sample_size=64).eval()
+    weights, _ = tiny_weights()
+    pipe = LafrPipeline.from_modules(build_unet(tiny_unet_config()), vae, weights, device="cpu")
+    calls = []
+
+    def restore(crops):
+        calls.append(tuple(crops.shape))
+        return pipe.restore(crops, batch_size=4)
+
+    restore.calls = calls
+    return restore
+
+
+def run_cli(argv, restore_fn):
+    return main(build_parser().parse_args(["restore", *argv]), restore_fn=restore_fn)
+
+
+def sixteen_bit_rgba(path):
+    """The astronaut as a 16-bit RGBA PNG with an alpha ramp (BGRA on disk, as OpenCV writes)."""
+    rgb = np.asarray(Image.open(DATA / "astronaut.png").convert("RGB")).astype(np.uint16) * 257
+    rgb = rgb + np.arange(512, dtype=np.uint16)[None, :, None] % 200  # below 8-bit precision
+    alpha = np.tile(np.linspace(0, 65535, 512).astype(np.uint16)[None, :], (512, 1))[..., None]
+    bgra = np.concatenate([rgb[..., ::-1], alpha], axis=-1)
+    cv2.imwrite(str(path), bgra)
+    return bgra
+
+
+def test_restore_end_to_end_keeps_formats_and_passes_faceless_images(tmp_path, tiny_restore, capsys):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(DATA / "astronaut.png", inputs)
+    shutil.copy(DATA / "grace_hopper.jpg", inputs)
+    Image.new("RGB", (97, 61), (120, 120, 120)).save(inputs / "blank.png")
+    bgra = sixteen_bit_rgba(inputs / "rgba16.png")
+    out = tmp_path / "out"
+    rc = run_cli([str(inputs), "-o", str(out), "--detector", "mtcnn", "--save-crops", "--save-preview",
+                  "--colour-correction", "wavelet"], tiny_restore)
+    assert rc == 0
+    log = capsys.readouterr().out
+    assert "blank.png: 0 faces" in log and "no face: copied unchanged" in log
+    assert (out / "blank.png").read_bytes() == (inputs / "blank.png").read_bytes()
+    assert tiny_restore.calls == [(1, 512, 512, 3)] * 3  # one batched call per photo with a face
+
+    # 8-bit RGB PNG: the face changed, far from it every pixel is exactly the input's
+    before = np.asarray(Image.open(inputs / "astronaut.png"))
+    after = np.asarray(Image.open(out / "astronaut.png"))
+    assert after.shape == before.shape and after.dtype == np.uint8
+    assert np.abs(after[100:150, 200:250].astype(int) - before[100:150, 200:250]).mean() > 2
+    assert np.array_equal(after[300:, :], before[300:, :])
+    # JPEG stays JPEG, same size
+    with Image.open(out / "grace_hopper.jpg") as jpg:
+        assert jpg.format == "JPEG" and jpg.size == (512, 600)
+    # 16-bit RGBA: still 16-bit, alpha identical, untouched pixels identical
+    result = cv2.imread(str(out / "rgba16.png"), cv2.IMREAD_UNCHANGED)
+    assert result.dtype == np.uint16 and result.shape == bgra.shape
+    assert np.array_equal(result[..., 3], bgra[..., 3])
+    assert np.array_equal(result[300:], bgra[300:])
+    # extras
+    assert Image.open(out / "astronaut.face0.png").size == (512, 512)
+    assert Image.open(out / "astronaut.face0.restored.png").size == (512, 512)
+    with Image.open(out / "astronaut.preview.png") as preview:
+        assert preview.width >= 2 * 512 and preview.height > 512  # input | output, crops below
+
+
+def test_selection_and_min_size_reach_the_restorer(tmp_path, capsys):
+    canvas = (compose_canvas()[0].numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(canvas).save(tmp_path / "group.png")
+    seen = []
+
+    def identity(crops):
+        seen.append(crops.shape[0])
+        return crops
+
+    assert run_cli([str(tmp_path / "group.png"), "-o", str(tmp_path / "a"), "--detector", "mtcnn", "--select", "largest"], identity) == 0
+    assert run_cli([str(tmp_path / "group.png"), "-o", str(tmp_path / "b"), "--detector", "mtcnn", "--min-size", "150"], identity) == 0
+    assert seen == [1, 2]
+    assert "2 faces, 2 too small skipped" in capsys.readouterr().out
+
+
+def test_unreadable_input_is_reported_and_the_others_still_run(tmp_path, capsys):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    shutil.copy(DATA / "astronaut.png", tmp_path)
+    rc = run_cli([str(tmp_path / "broken.png"), str(tmp_path / "astronaut.png"), "-o", str(tmp_path / "out")], lambda c: c)
+    assert rc == 1
+    log = capsys.readouterr().out
+    assert "broken.png: ERROR" in log and "not a readable image" in log
+    assert (tmp_path / "out" / "astronaut.png").is_file()
+
+
+def test_refuses_to_overwrite_inputs_and_bad_select(tmp_path, capsys):
+    shutil.copy(DATA / "astronaut.png", tmp_path)
+    assert run_cli([str(tmp_path / "astronaut.png"), "-o", str(tmp_path)], lambda c: c) == 1
+    assert "would overwrite its input" in capsys.readouterr().out
+    assert parse_select("0, 2") == (0, 2) and parse_select("largest") == "largest"
+    with pytest.raises(Exception, match="--select takes"):
+        parse_select("biggest")
+
+
+def test_without_weights_it_previews_and_names_what_is_missing(tmp_path):
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "lafr_core", "restore", str(DATA / "astronaut.png"), "-o", str(out),
+                           "--detector", "mtcnn"], capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+    assert proc.returncode == EXIT_MISSING_WEIGHTS, proc.stderr
+    text = proc.stdout
+    assert "astronaut.png: 1 face" in text
+    assert "SD2.1-base weights: none found" in text and "LAFR weights: none found" in text
+    for folder in ("ComfyUI/models/checkpoints", "stable-diffusion-webui/models/Stable-diffusion",
+                   "ComfyUI/models/lafr", "stable-diffusion-webui/models/LAFR", ".cache/huggingface/hub"):
+        assert str(tmp_path / folder) in text, folder
+    assert "LAFR_BASE_MODEL (not set)" in text and "LAFR_MODEL (not set)" in text
+    assert (out / "astronaut.preview.png").is_file()
+    assert not (out / "astronaut.png").exists()  # nothing restored, nothing pretending to be
