@@ -93,6 +93,19 @@ def restore_crops(weights: LafrWeights, crops: Tensor, host: HostModel) -> Tenso
 
 
 @torch.no_grad()
+def find_and_align(images: Tensor, options: FaceOptions = FaceOptions()) -> tuple[Tensor, FaceSet]:
+    """Detect and align with the options' detector, on the images' device: (crops, faces)."""
+    detector = resolve_detector(options.detector, options.detector_weights)
+    # a RetinaFace weights folder must not reach MTCNN ("auto" may fall back to it)
+    detector_weights = options.detector_weights if detector.startswith("retinaface") else None
+    faces = detect_faces(
+        images, detector=detector, threshold=options.threshold, min_size=options.min_size,
+        select=options.select, weights=detector_weights,
+    )
+    return align_faces(images, faces, size=options.crop_size)
+
+
+@torch.no_grad()
 def restore_images(
     images: Tensor,
     weights: LafrWeights,
@@ -117,14 +130,7 @@ def restore_images(
 
     check_stop()
     pixels = images.to(host.device)
-    detector = resolve_detector(options.detector, options.detector_weights)
-    # a RetinaFace weights folder must not reach MTCNN ("auto" may fall back to it)
-    detector_weights = options.detector_weights if detector.startswith("retinaface") else None
-    faces = detect_faces(
-        pixels, detector=detector, threshold=options.threshold, min_size=options.min_size,
-        select=options.select, weights=detector_weights,
-    )
-    crops, faces = align_faces(pixels, faces, size=options.crop_size)
+    crops, faces = find_and_align(pixels, options)
     if len(faces) == 0:
         return ChainResult(images.clone(), faces.to(images.device))
 

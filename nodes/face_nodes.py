@@ -6,7 +6,8 @@ import logging
 
 import torch
 
-from ..lafr_core.face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FaceSet, align_faces, detect_faces, paste_faces, resolve_detector
+from ..lafr_core.face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FaceSet, paste_faces
+from ..lafr_core.host_chain import FaceOptions, find_and_align
 from . import comfy_host
 from .ui_preview import before_after, face_overlay
 
@@ -39,13 +40,11 @@ def parse_select(select: str):
 
 
 def detect_and_align(image: torch.Tensor, detector: str, threshold: float, min_size: int, select: str) -> tuple[torch.Tensor, FaceSet]:
-    """Detect on the compute device, align there, return crops on the intermediate device."""
-    device = comfy_host.compute_device()
-    folder = comfy_host.face_models_folder()
-    name = resolve_detector(detector, folder)  # "auto": RetinaFace when its weights are in models/facedetection
-    faces = detect_faces(image.to(device), detector=name, threshold=threshold or None, min_size=min_size,
-                         select=parse_select(select), weights=folder if name.startswith("retinaface") else None)
-    crops, faces = align_faces(image.to(device), faces)
+    """Detect on the compute device (RetinaFace from models/facedetection when "auto" finds it),
+    align there, return crops on the intermediate device."""
+    options = FaceOptions(detector=detector, threshold=threshold or None, min_size=min_size, select=parse_select(select),
+                          detector_weights=comfy_host.face_models_folder())
+    crops, faces = find_and_align(image.to(comfy_host.compute_device()), options)
     if len(faces) == 0:
         log.warning("LAFR: no face found in %d image(s) (%d too small); images pass through unchanged",
                     image.shape[0], sum(faces.skipped_small))
