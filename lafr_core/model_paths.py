@@ -79,6 +79,17 @@ def find_face_model(file_name: str, explicit: str | Path | None = None) -> tuple
     return None, searched
 
 
+def require_face_model(file_name: str, explicit: str | Path | None, what: str, fallback: str,
+                       error: type[Exception] = FileNotFoundError) -> Path:
+    """The face-model file, or `error` with a message naming the file, every place searched and
+    `fallback` (what the user can do instead): one wording for RetinaFace and ParseNet."""
+    found, searched = find_face_model(file_name, explicit)
+    if found is None:
+        places = "\n  ".join(map(str, searched))
+        raise error(f"{what} weights {file_name} not found. Searched:\n  {places}\n{fallback}")
+    return found
+
+
 def _files_in(folders: list[Path], suffixes: tuple[str, ...]) -> list[Path]:
     found = []
     for folder in folders:

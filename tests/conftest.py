@@ -49,3 +49,14 @@ def tiny_unet():
 @pytest.fixture
 def tiny_prompt_embeds():
     return torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture
+def comfy_home(tmp_path, monkeypatch):
+    """A HOME with an empty ComfyUI and no other model folders (facexlib's own folder aside)."""
+    for name in ("COMFYUI_DIR", "A1111_DIR", "FORGE_DIR", "LAFR_FACE_MODELS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    folder = tmp_path / "ComfyUI" / "models" / "facedetection"
+    folder.mkdir(parents=True)
+    return folder

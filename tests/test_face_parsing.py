@@ -17,16 +17,6 @@ def astronaut():
     return image, crops, faces
 
 
-@pytest.fixture
-def comfy_home(tmp_path, monkeypatch):
-    for name in ("COMFYUI_DIR", "A1111_DIR", "FORGE_DIR", "LAFR_FACE_MODELS_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    folder = tmp_path / "ComfyUI" / "models" / "facedetection"
-    folder.mkdir(parents=True)
-    return folder
-
-
 def test_parse_labels_become_a_soft_face_mask():
     logits = torch.zeros(1, 19, 512, 512)
     logits[:, 0] = 1  # background everywhere...

@@ -14,17 +14,6 @@ from lafr_core.face.errors import DetectorWeightsError
 from lafr_core.face.retinaface import anchors, decode, find_retinaface_weights, load_retinaface
 
 
-@pytest.fixture
-def comfy_home(tmp_path, monkeypatch):
-    """A HOME with an empty ComfyUI and no other model folders (facexlib's own folder aside)."""
-    for name in ("COMFYUI_DIR", "A1111_DIR", "FORGE_DIR", "LAFR_FACE_MODELS_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))
-    folder = tmp_path / "ComfyUI" / "models" / "facedetection"
-    folder.mkdir(parents=True)
-    return folder
-
-
 def write_real_format_checkpoint(path, network="mobile0.25", seed=0):
     retinaface = pytest.importorskip("facexlib.detection.retinaface")
     torch.manual_seed(seed)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..model_paths import find_face_model
+from ..model_paths import require_face_model
 from .errors import DetectorUnavailableError, DetectorWeightsError
 from .retinaface import read_state_dict
 
@@ -36,14 +36,11 @@ MASK_BORDER_512 = 10
 
 
 def find_parsenet_weights(explicit: str | Path | None = None) -> Path:
-    found, searched = find_face_model(PARSENET_FILE, explicit)
-    if found is None:
-        places = "\n  ".join(map(str, searched))
-        raise DetectorWeightsError(
-            f"ParseNet weights {PARSENET_FILE} not found. Searched:\n  {places}\n"
-            f"Download it from {RELEASE_URL} into ComfyUI/models/facedetection, or paste with mask='landmarks'."
-        )
-    return found
+    return require_face_model(
+        PARSENET_FILE, explicit, "ParseNet",
+        f"Download it from {RELEASE_URL} into ComfyUI/models/facedetection, or paste with mask='landmarks'.",
+        error=DetectorWeightsError,
+    )
 
 
 @lru_cache(maxsize=2)

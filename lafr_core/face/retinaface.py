@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ..model_paths import find_face_model
+from ..model_paths import require_face_model
 from .errors import DetectorUnavailableError, DetectorWeightsError
 from .nms import batched_nms
 
@@ -52,16 +52,12 @@ def find_retinaface_weights(network: str = "resnet50", explicit: str | Path | No
     """The local weights file for `network`, or a DetectorWeightsError naming file and folders."""
     if network not in NETWORKS:
         raise ValueError(f"RetinaFace network must be one of {', '.join(NETWORKS)}, got {network!r}")
-    file_name = NETWORKS[network]
-    found, searched = find_face_model(file_name, explicit)
-    if found is None:
-        places = "\n  ".join(map(str, searched))
-        raise DetectorWeightsError(
-            f"RetinaFace weights {file_name} not found. Searched:\n  {places}\n"
-            f"Download it from {RELEASE_URL} into ComfyUI/models/facedetection (or set "
-            f"LAFR_FACE_MODELS_DIR), or use the bundled detector: detector='mtcnn'."
-        )
-    return found
+    return require_face_model(
+        NETWORKS[network], explicit, "RetinaFace",
+        f"Download it from {RELEASE_URL} into ComfyUI/models/facedetection (or set "
+        f"LAFR_FACE_MODELS_DIR), or use the bundled detector: detector='mtcnn'.",
+        error=DetectorWeightsError,
+    )
 
 
 def read_state_dict(path: Path, what: str = "RetinaFace") -> dict[str, torch.Tensor]:
