@@ -10,6 +10,8 @@ The text encoder is never loaded: the prompt embedding ships in the LAFR file.
 
 restore(faces): encode (posterior mode x latent_scale) -> align -> ONE pruned UNet step for the
 whole batch -> decode. fp16 on CUDA by default (bf16 on request), fp32 on CPU.
+host_model(): the same VAE and pruned UNet lent to lafr_core.host_chain (the CLI's path), so the
+standalone pipeline restores photos through the chain every host runs.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from .adapter import LatentAligner
 from .base_model import UNET_PREFIX, V_PRED_SENTINEL, BaseModelError, identify_diffusers_config, identify_ldm_checkpoint, require_sd2_epsilon
+from .host_chain import HostModel
 from .lafr_file import LafrWeights, load_lafr
 from .unet_step import PrunedUNet
 
@@ -213,15 +216,43 @@ class LafrPipeline:
         return self.unet.dtype
 
     @torch.no_grad()
+    def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
+        """[b, 3, H, W] in -1..1 -> RAW latent [b, 4, H/8, W/8] (posterior mode, unscaled)."""
+        return self.vae.encode(images.to(self.device, self.dtype)).latent_dist.mode()
+
+    @torch.no_grad()
+    def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:
+        """RAW latent -> [b, 3, H, W] in -1..1."""
+        return self.vae.decode(raw.to(self.device, self.dtype)).sample
+
+    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """[b, 3, H, W] in -1..1 -> scaled latent [b, 4, H/8, W/8] (posterior mode)."""
-        posterior = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
-        return posterior.mode() * self.latent_scale
+        return self.encode_raw(images) * self.latent_scale
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latent -> [b, 3, H, W] in -1..1."""
-        return self.vae.decode(latents.to(self.dtype) / self.latent_scale).sample
+        return self.decode_raw(latents.to(self.dtype) / self.latent_scale)
+
+    def host_model(self, on_oom: Callable[[int], None] | None = None) -> HostModel:
+        """This pipeline's VAE and pruned UNet as a host_chain.HostModel (crops [n, S, S, 3] 0..1
+        in and out; RAW latents for the VAE, scaled ones for the UNet, as the chain expects).
+        The adapter is not part of it: the chain runs the LAFR file's own. on_oom defaults to
+        emptying the CUDA cache on a CUDA device."""
+
+        def encode(crops: torch.Tensor) -> torch.Tensor:
+            return self.encode_raw(crops.permute(0, 3, 1, 2) * 2 - 1)
+
+        def denoise(z_t: torch.Tensor) -> torch.Tensor:
+            return self.unet(z_t.to(self.device, self.dtype))
+
+        def decode(raw: torch.Tensor) -> torch.Tensor:
+            return ((self.decode_raw(raw).float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+
+        if on_oom is None and self.device.type == "cuda":
+            on_oom = lambda _chunk: torch.cuda.empty_cache()  # noqa: E731
+        return HostModel(encode=encode, denoise=denoise, decode=decode, device=self.device, on_oom=on_oom)
 
     @torch.no_grad()
     def restore_latents(self, z_lq: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """`python -m lafr_core restore INPUT... -o OUT`: detect -> align -> LAFR -> paste back, per photo.
 
-The restorer is injected as `restore_fn(crops [N, S, S, 3]) -> restored crops`, so tests (and
-other callers) can run the whole flow with any model; the CLI builds it from LafrPipeline.
-Without SD2.1-base or LAFR weights the command still detects and aligns every photo and writes
-the preview (the user sees what would be restored), then exits non-zero with a message naming
-each missing weight and every place it looked.
+Every photo goes through lafr_core.host_chain.restore_images, the chain the ComfyUI node and the
+A1111/Forge restorer run; the CLI's "host" is the standalone pipeline (LafrPipeline.host_model).
+What restores is injected as a :class:`Restorer` (the LAFR file's weights and a HostModel), so
+tests (and other callers) run the whole flow with any model. Without SD2.1-base or LAFR weights
+the command still detects and aligns every photo and writes the preview (the user sees what would
+be restored), then exits non-zero with a message naming each missing weight and every place it
+looked.
 """
 
 from __future__ import annotations
@@ -18,33 +20,34 @@ from typing import Callable, Sequence
 
 import torch
 
-from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, align_faces, detect_faces, paste_faces, resolve_detector
-from .face.align import DEFAULT_CROP_SIZE
+from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, align_faces, paste_faces
+from .host_chain import FaceOptions, HostModel, find_and_align, restore_images
 from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
+from .lafr_file import LafrWeights
 from .model_paths import SD21_HUB_ID, base_model_candidates, lafr_file_candidates, search_folders
 
-RestoreFn = Callable[[torch.Tensor], torch.Tensor]
 EXIT_MISSING_WEIGHTS = 2  # distinct from 1 (some image failed) so scripts can tell them apart
 PREVIEW_SUFFIX = ".preview.png"
 
 
 @dataclass(frozen=True)
 class RestoreOptions:
-    """Every knob of the restore command; defaults are the library's."""
+    """Every knob of the restore command: the chain's face options plus what only the CLI has."""
 
-    detector: str = "auto"
-    threshold: float | None = None
-    min_size: float = DEFAULT_MIN_SIZE
-    select: str | tuple[int, ...] = "all"
-    strength: float = 1.0
-    colour_correction: str = "none"
-    feather: float = DEFAULT_FEATHER
+    face: FaceOptions = FaceOptions()
     mask: str = "landmarks"
-    size: int = DEFAULT_CROP_SIZE
     device: str | None = None
-    detector_weights: str | None = None
+    batch_size: int | None = None  # faces per UNet forward (None: all of a photo's faces at once)
     save_crops: bool = False
     save_preview: bool = False
+
+
+@dataclass(frozen=True)
+class Restorer:
+    """What restores the faces: a LAFR file's weights and a host lending its VAE and UNet."""
+
+    weights: LafrWeights
+    host: HostModel
 
 
 @dataclass
@@ -156,54 +159,66 @@ def find_weights(base: str | None, lafr: str | None) -> WeightsLookup:
     return WeightsLookup(found_base, found_lafr, missing)
 
 
-def pipeline_restore_fn(base: str, lafr: Path, device: str | None, batch_size: int) -> RestoreFn:
-    """restore_fn backed by the standalone diffusers pipeline (imported only here)."""
+def pipeline_restorer(base: str, lafr: Path, device: str | None) -> Restorer:
+    """A Restorer backed by the standalone diffusers pipeline (imported only here)."""
+    from .lafr_file import load_lafr
     from .pipeline import LafrPipeline
 
-    pipe = LafrPipeline.from_pretrained(base, lafr, device=device)
-    return lambda crops: pipe.restore(crops.to(pipe.device), batch_size=batch_size).to(crops.device)
+    weights = load_lafr(lafr)
+    pipe = LafrPipeline.from_pretrained(base, weights, device=device)
+    return Restorer(weights, pipe.host_model())
 
 
 # --------------------------------------------------------------------------- one image
 
 
-def process_image(
-    source: Path,
-    target: Path,
-    options: RestoreOptions,
-    restore_fn: RestoreFn | None,
-) -> ImageReport:
-    """Restore the faces of one photo into `target` (or only preview when restore_fn is None)."""
+def process_image(source: Path, target: Path, options: RestoreOptions, restorer: Restorer | None) -> ImageReport:
+    """Restore the faces of one photo into `target` (or only preview when restorer is None)."""
     report = ImageReport(source)
     try:
         image = read_image(source)
     except ImageReadError as exc:
         report.error = str(exc)
         return report
-    device = torch.device(options.device) if options.device else image.pixels.device
+    device = restorer.host.device if restorer is not None else torch.device(options.device or image.pixels.device)
     pixels = image.pixels.to(device)
-    detector = resolve_detector(options.detector, options.detector_weights)
-    weights = options.detector_weights if detector.startswith("retinaface") else None  # never a RetinaFace file for MTCNN
-    faces = detect_faces(pixels, detector=detector, threshold=options.threshold, min_size=options.min_size,
-                         select=options.select, weights=weights)
-    report.faces, report.skipped_small = len(faces), sum(faces.skipped_small)
-    crops, faces = align_faces(pixels, faces, size=options.size)
-    restored = output = None
-    if restore_fn is not None:
-        if len(faces) == 0 and output_format(target, image.format) == image.format:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)  # byte for byte: nothing to restore
-        elif len(faces) == 0:
-            write_image(target, image.pixels, image)  # only converted to the format -o asks for
+    crops = restored = output = None
+    if restorer is None:
+        crops, faces = find_and_align(pixels, options.face)
+    else:
+        result = restore_images(pixels, restorer.weights, restorer.host, options.face, chunk=options.batch_size)
+        faces, restored = result.faces, result.restored
+        if len(faces) and (options.save_crops or options.save_preview or options.mask != "landmarks"):
+            crops, _ = align_faces(pixels, faces, size=options.face.crop_size)  # the crops the chain restored
+        if len(faces) == 0:
+            _pass_through(source, target, image)
         else:
-            restored = restore_fn(crops)
-            output = paste_faces(pixels, restored, faces, strength=options.strength,
-                                 colour_correction=options.colour_correction, feather=options.feather, source_crops=crops,
-                                 mask=options.mask, mask_weights=_folder(options.detector_weights))
+            output = result.images
+            if options.mask != "landmarks":  # the chain pastes with the landmark mask only
+                output = _paste_with_mask(pixels, restored, faces, crops, options)
             write_image(target, output.cpu(), image)
         report.output = target
-    report.previews = _write_extras(image, target, faces, crops, restored, output, options, restore_fn is None)
+    report.faces, report.skipped_small = len(faces), sum(faces.skipped_small)
+    if crops is None:
+        crops = pixels.new_zeros(0, options.face.crop_size, options.face.crop_size, 3)
+    report.previews = _write_extras(image, target, faces, crops, restored, output, options, restorer is None)
     return report
+
+
+def _pass_through(source: Path, target: Path, image: LoadedImage) -> None:
+    """No face: the photo unchanged, byte for byte when -o keeps its format."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if output_format(target, image.format) == image.format:
+        shutil.copyfile(source, target)
+    else:
+        write_image(target, image.pixels, image)  # only converted to the format -o asks for
+
+
+def _paste_with_mask(pixels: torch.Tensor, restored: torch.Tensor, faces, crops: torch.Tensor, options: RestoreOptions) -> torch.Tensor:
+    """Paste again with --mask (ParseNet) until host_chain.FaceOptions carries a mask."""
+    face = options.face
+    return paste_faces(pixels, restored, faces, strength=face.strength, colour_correction=face.colour_correction,
+                       feather=face.feather, source_crops=crops, mask=options.mask, mask_weights=_folder(face.detector_weights))
 
 
 def _folder(path: str | None) -> str | None:
@@ -245,7 +260,7 @@ def run_restore(
     inputs: Sequence[str | Path],
     out: str | Path,
     options: RestoreOptions = RestoreOptions(),
-    restore_fn: RestoreFn | None = None,
+    restorer: Restorer | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[ImageReport]:
@@ -257,7 +272,7 @@ def run_restore(
     log = log or tqdm.write
     reports = []
     for source, target in tqdm(list(zip(sources, targets, strict=True)), unit="image", disable=not progress or not sources):
-        report = process_image(source, target, options, restore_fn)
+        report = process_image(source, target, options, restorer)
         log(report.line())
         reports.append(report)
     return reports
@@ -295,21 +310,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save-preview", action="store_true", help="also write NAME.preview.png: detections, crops, result")
 
 
-def main(args: argparse.Namespace, restore_fn: RestoreFn | None = None) -> int:
+def main(args: argparse.Namespace, restorer: Restorer | None = None) -> int:
     """The CLI: returns 0, 1 (an image failed) or EXIT_MISSING_WEIGHTS."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    options = RestoreOptions(
-        detector=args.detector, threshold=args.threshold, min_size=args.min_size, select=args.select,
-        strength=args.strength, colour_correction=args.colour_correction, feather=args.feather, mask=args.mask, device=device,
-        detector_weights=args.detector_weights, save_crops=args.save_crops, save_preview=args.save_preview,
+    face = FaceOptions(
+        detector=args.detector, threshold=args.threshold, min_size=args.min_size, select=args.select, strength=args.strength,
+        colour_correction=args.colour_correction, feather=args.feather, detector_weights=args.detector_weights,
     )
+    options = RestoreOptions(face=face, mask=args.mask, device=device, batch_size=args.batch_size,
+                             save_crops=args.save_crops, save_preview=args.save_preview)
     lookup = None
     try:
-        if restore_fn is None:
+        if restorer is None:
             lookup = find_weights(args.base, args.lafr)
             if lookup.missing is None:
-                restore_fn = pipeline_restore_fn(lookup.base, lookup.lafr, device, args.batch_size)
-        reports = run_restore(args.inputs, args.output, options, restore_fn)
+                restorer = pipeline_restorer(lookup.base, lookup.lafr, device)
+        reports = run_restore(args.inputs, args.output, options, restorer)
     except (FaceError, FileNotFoundError, ValueError) as exc:  # bad weights, detector, inputs: one clear line
         print(f"error: {exc}")
         return 1

@@ -9,6 +9,7 @@ from safetensors.torch import save_file
 from conftest import build_unet, tiny_unet_config
 from lafr_core.adapter import AlignerConfig, LatentAligner
 from lafr_core.base_model import BaseModelError
+from lafr_core.host_chain import restore_crops
 from lafr_core.lafr_file import LafrWeights
 from lafr_core.lora import add_conv_lora, lora_state_to_kohya
 from lafr_core.pipeline import LafrPipeline, load_sd21
@@ -79,6 +80,22 @@ def test_lora_only_file_skips_alignment_and_stage1_file_is_refused():
     stage1 = LafrWeights(aligner=weights.aligner, kohya_lora=None, prompt_embeds=None, meta={"lafr.stages": "1"})
     with pytest.raises(ValueError, match="only the stage-1 adapter"):
         LafrPipeline.from_modules(build_unet(tiny_unet_config()), tiny_vae(), stage1, device="cpu")
+
+
+@pytest.mark.parametrize("with_adapter", [True, False])
+def test_host_model_through_the_chain_equals_restore(with_adapter):
+    """The CLI runs host_chain on pipe.host_model(): raw latents for the VAE, the file's adapter in
+    the chain, scaled latents for the UNet. It must give what pipe.restore gives."""
+    weights, _ = tiny_weights(with_adapter)
+    pipe = LafrPipeline.from_modules(build_unet(tiny_unet_config()), tiny_vae(), weights, device="cpu")
+    faces = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(3))
+    host = pipe.host_model()
+    raw = host.encode(faces)
+    assert raw.shape == (3, 4, 32, 32)  # the tiny VAE halves each side
+    assert torch.allclose(raw * pipe.latent_scale, pipe.encode(faces.permute(0, 3, 1, 2) * 2 - 1))
+    out = restore_crops(weights, faces, host)
+    assert out.shape == faces.shape and out.dtype == torch.float32
+    assert (out - pipe.restore(faces)).abs().max() < 1e-5
 
 
 def test_restore_rejects_wrong_layout():

@@ -4,6 +4,7 @@ no-weights path in a subprocess (detects, writes the preview, says what is missi
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -14,13 +15,15 @@ from PIL import Image
 from conftest import REPO, build_unet, tiny_unet_config
 from face_fixtures import DATA, compose_canvas
 from lafr_core.__main__ import build_parser
-from lafr_core.restore_cli import EXIT_MISSING_WEIGHTS, main, parse_select
+from lafr_core.host_chain import HostModel
+from lafr_core.lafr_file import LafrWeights
+from lafr_core.restore_cli import EXIT_MISSING_WEIGHTS, Restorer, main, parse_select
 from test_pipeline import tiny_weights
 
 
 @pytest.fixture(scope="module")
-def tiny_restore():
-    """LafrPipeline.restore on tiny random diffusers models (VAE 8x down: 512 crops -> 64x64 latents)."""
+def tiny_pipeline():
+    """LafrPipeline on tiny random diffusers models (VAE 8x down: 512 crops -> 64x64 latents)."""
     from diffusers import AutoencoderKL
 
     from lafr_core.pipeline import LafrPipeline
@@ -30,19 +33,36 @@ def tiny_restore():
                         up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=2,
                         latent_channels=4, sample_size=64).eval()
     weights, _ = tiny_weights()
-    pipe = LafrPipeline.from_modules(build_unet(tiny_unet_config()), vae, weights, device="cpu")
+    return weights, LafrPipeline.from_modules(build_unet(tiny_unet_config()), vae, weights, device="cpu")
+
+
+def recording(weights, host):
+    """A Restorer on `host` whose `calls` lists the shape of every batch of crops it encodes."""
     calls = []
 
-    def restore(crops):
+    def encode(crops):
         calls.append(tuple(crops.shape))
-        return pipe.restore(crops, batch_size=4)
+        return host.encode(crops)
 
-    restore.calls = calls
-    return restore
+    restorer = Restorer(weights, replace(host, encode=encode))
+    return restorer, calls
 
 
-def run_cli(argv, restore_fn):
-    return main(build_parser().parse_args(["restore", *argv]), restore_fn=restore_fn)
+@pytest.fixture
+def tiny_restore(tiny_pipeline):
+    weights, pipe = tiny_pipeline
+    return recording(weights, pipe.host_model())
+
+
+def passthrough():
+    """A Restorer whose 'VAE' and 'UNet' hand the crops back (no adapter): only the flow is tested."""
+    weights = LafrWeights(aligner=None, kohya_lora=None, prompt_embeds=torch.zeros(1, 77, 32), meta={"lafr.stages": "2"})
+    host = HostModel(encode=lambda crops: crops, denoise=lambda z: z, decode=lambda raw: raw, device=torch.device("cpu"))
+    return recording(weights, host)
+
+
+def run_cli(argv, restorer):
+    return main(build_parser().parse_args(["restore", *argv]), restorer=restorer)
 
 
 def sixteen_bit_rgba(path):
@@ -63,13 +83,14 @@ def test_restore_end_to_end_keeps_formats_and_passes_faceless_images(tmp_path, t
     Image.new("RGB", (97, 61), (120, 120, 120)).save(inputs / "blank.png")
     bgra = sixteen_bit_rgba(inputs / "rgba16.png")
     out = tmp_path / "out"
+    restorer, calls = tiny_restore
     rc = run_cli([str(inputs), "-o", str(out), "--detector", "mtcnn", "--save-crops", "--save-preview",
-                  "--colour-correction", "wavelet"], tiny_restore)
+                  "--colour-correction", "wavelet"], restorer)
     assert rc == 0
     log = capsys.readouterr().out
     assert "blank.png: 0 faces" in log and "no face: copied unchanged" in log
     assert (out / "blank.png").read_bytes() == (inputs / "blank.png").read_bytes()
-    assert tiny_restore.calls == [(1, 512, 512, 3)] * 3  # one batched call per photo with a face
+    assert calls == [(1, 512, 512, 3)] * 3  # one batched call per photo with a face
 
     # 8-bit RGB PNG: the face changed, far from it every pixel is exactly the input's
     before = np.asarray(Image.open(inputs / "astronaut.png"))
@@ -95,14 +116,10 @@ def test_restore_end_to_end_keeps_formats_and_passes_faceless_images(tmp_path, t
 def test_selection_and_min_size_reach_the_restorer(tmp_path, capsys):
     canvas = (compose_canvas()[0].numpy() * 255).round().astype(np.uint8)
     Image.fromarray(canvas).save(tmp_path / "group.png")
-    seen = []
-
-    def identity(crops):
-        seen.append(crops.shape[0])
-        return crops
-
+    identity, calls = passthrough()
     assert run_cli([str(tmp_path / "group.png"), "-o", str(tmp_path / "a"), "--detector", "mtcnn", "--select", "largest"], identity) == 0
     assert run_cli([str(tmp_path / "group.png"), "-o", str(tmp_path / "b"), "--detector", "mtcnn", "--min-size", "150"], identity) == 0
+    seen = [shape[0] for shape in calls]
     assert seen == [1, 2]
     assert "2 faces, 2 too small skipped" in capsys.readouterr().out
 
@@ -110,7 +127,7 @@ def test_selection_and_min_size_reach_the_restorer(tmp_path, capsys):
 def test_unreadable_input_is_reported_and_the_others_still_run(tmp_path, capsys):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     shutil.copy(DATA / "astronaut.png", tmp_path)
-    rc = run_cli([str(tmp_path / "broken.png"), str(tmp_path / "astronaut.png"), "-o", str(tmp_path / "out")], lambda c: c)
+    rc = run_cli([str(tmp_path / "broken.png"), str(tmp_path / "astronaut.png"), "-o", str(tmp_path / "out")], passthrough()[0])
     assert rc == 1
     log = capsys.readouterr().out
     assert "broken.png: ERROR" in log and "not a readable image" in log
@@ -119,11 +136,25 @@ def test_unreadable_input_is_reported_and_the_others_still_run(tmp_path, capsys)
 
 def test_refuses_to_overwrite_inputs_and_bad_select(tmp_path, capsys):
     shutil.copy(DATA / "astronaut.png", tmp_path)
-    assert run_cli([str(tmp_path / "astronaut.png"), "-o", str(tmp_path)], lambda c: c) == 1
+    assert run_cli([str(tmp_path / "astronaut.png"), "-o", str(tmp_path)], passthrough()[0]) == 1
     assert "would overwrite its input" in capsys.readouterr().out
     assert parse_select("0, 2") == (0, 2) and parse_select("largest") == "largest"
     with pytest.raises(Exception, match="--select takes"):
         parse_select("biggest")
+
+
+def test_mtcnn_ignores_a_retinaface_weights_file_and_parsenet_mask_needs_its_weights(tmp_path, comfy_home, capsys):
+    """The chain's guard: --detector-weights may name a RetinaFace file; MTCNN must not get it. The
+    ParseNet mask (pasted by the CLI, not the chain) still looks for its own weights."""
+    shutil.copy(DATA / "astronaut.png", tmp_path)
+    retinaface = tmp_path / "detection_Resnet50_Final.pth"
+    retinaface.write_bytes(b"not read by mtcnn")
+    restorer, calls = passthrough()
+    argv = [str(tmp_path / "astronaut.png"), "-o", str(tmp_path / "out"), "--detector", "mtcnn", "--detector-weights", str(retinaface)]
+    assert run_cli(argv, restorer) == 0
+    assert calls == [(1, 512, 512, 3)] and "astronaut.png: 1 face" in capsys.readouterr().out
+    assert run_cli([str(tmp_path / "astronaut.png"), "-o", str(tmp_path / "masked"), "--detector", "mtcnn", "--mask", "parsenet"], restorer) == 1
+    assert "parsing_parsenet.pth not found" in capsys.readouterr().out
 
 
 def test_without_weights_it_previews_and_names_what_is_missing(tmp_path):
