@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,17 @@ def _crop_space_mask(mask: str | torch.Tensor, crops: torch.Tensor, mask_weights
     raise ValueError(f"mask must be one of {', '.join(MASKS)} or a tensor of crop masks, got {mask!r}")
 
 
+class PasteGrid(NamedTuple):
+    """Every face's window of image pixels [N, rows, cols] (padded to the largest window) and
+    where each of its pixels lands in the crop."""
+
+    xs: torch.Tensor  # [N, cols] image x of the window's columns
+    ys: torch.Tensor  # [N, rows] image y of the window's rows
+    qx: torch.Tensor  # [N, rows, cols] crop x of each window pixel
+    qy: torch.Tensor  # [N, rows, cols] crop y
+    inside: torch.Tensor  # [N, rows, cols] bool: the pixel is in this face's own window (not padding)
+
+
 def paste_faces(
     images: torch.Tensor,
     crops: torch.Tensor,
@@ -147,6 +159,25 @@ def paste_faces(
     restored crops; weights file or folder `mask_weights`, else the face-model folders) or a
     tensor [N, S, S] of crop-space masks. antialias: blur crops that shrink on the way back.
     Returns a new tensor of the images' shape and dtype; the inputs are not modified."""
+    check_paste_inputs(images, crops, faces, strength, colour_correction)
+    if len(faces) == 0 or strength == 0.0:
+        return images.clone()
+    device = images.device
+    affines = faces.affines.to(device)
+    params = ellipse_params(face_crop_landmarks(affines, faces.landmarks))  # [N, 6] crop pixels
+    crops = crops.to(device)
+    crop_mask = _crop_space_mask(mask, crops, mask_weights)
+    if colour_correction != "none":
+        crops = _match_colours(crops, images, faces, params, crop_mask, source_crops, colour_correction, feather)
+    grid = paste_grid(faces, params, crop_mask is not None, images.shape[1], images.shape[2], device)
+    if grid is None:  # every face lies outside its image
+        return images.clone()
+    colour, weight = _sample_crops(crops, crop_mask, params, affine_scale(affines), grid, feather, strength, antialias)
+    return _blend(images, faces.image_index.to(device), grid, colour, weight)
+
+
+def check_paste_inputs(images: torch.Tensor, crops: torch.Tensor, faces: FaceSet, strength: float, colour_correction: str) -> None:
+    """paste_faces' arguments, each problem with a message that says what was expected."""
     check_images(images)
     if not faces.aligned:
         raise ValueError("paste_faces needs the FaceSet returned by align_faces (it carries the affines)")
@@ -159,70 +190,93 @@ def paste_faces(
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
     if colour_correction not in COLOUR_CORRECTIONS:
         raise ValueError(f"colour_correction must be one of {', '.join(COLOUR_CORRECTIONS)}, got {colour_correction!r}")
-    if len(faces) == 0 or strength == 0.0:
-        return images.clone()
 
-    device = images.device
-    b, h, w, channels = images.shape
-    affines = faces.affines.to(device)
-    params = ellipse_params(face_crop_landmarks(affines, faces.landmarks))  # [N, 6] crop pixels
-    crops = crops.to(device)
-    crop_mask = _crop_space_mask(mask, crops, mask_weights)
-    if colour_correction != "none":
-        if source_crops is None:
-            source_crops = warp_faces(images, faces, faces.inverses.to(device), size)
-        stats_weight = crop_mask if crop_mask is not None else mask_at(*_crop_coords(size, device), params[:, None, None, :], size, feather)
-        crops = correct_colour(crops, source_crops.to(device), colour_correction, stats_weight)
 
-    # 1. every face's window of image pixels [N, rows, cols] (padded to the largest) and where
-    #    each pixel lands in the crop
-    if crop_mask is None:
-        windows = _windows(params, faces.inverses, h, w)
-    else:
-        windows = _crop_windows(faces.inverses, size, h, w)
+def _match_colours(
+    crops: torch.Tensor,
+    images: torch.Tensor,
+    faces: FaceSet,
+    params: torch.Tensor,
+    crop_mask: torch.Tensor | None,
+    source_crops: torch.Tensor | None,
+    colour_correction: str,
+    feather: float,
+) -> torch.Tensor:
+    """Restored crops with the unrestored crops' colours, statistics weighted by the paste mask
+    (the source crops are re-sampled from the images when not given)."""
+    device, size = crops.device, faces.crop_size
+    if source_crops is None:
+        source_crops = warp_faces(images, faces, faces.inverses.to(device), size)
+    stats_weight = crop_mask if crop_mask is not None else mask_at(*_crop_coords(size, device), params[:, None, None, :], size, feather)
+    return correct_colour(crops, source_crops.to(device), colour_correction, stats_weight)
+
+
+def paste_grid(faces: FaceSet, params: torch.Tensor, whole_crop: bool, height: int, width: int, device: torch.device) -> PasteGrid | None:
+    """The image pixels each face can reach (its ellipse's box, or the whole crop's for a
+    crop-space mask) mapped into crop space; None when no face reaches any pixel."""
+    size = faces.crop_size
+    windows = _crop_windows(faces.inverses, size, height, width) if whole_crop else _windows(params, faces.inverses, height, width)
     sizes = windows[:, 2:] - windows[:, :2]
-    if int(sizes.prod(dim=1).max()) == 0:  # every face lies outside its image
-        return images.clone()
+    if int(sizes.prod(dim=1).max()) == 0:
+        return None
     cols, rows = sizes.max(dim=0).values.tolist()
     windows, sizes = windows.to(device), sizes.to(device)
     col, row = torch.arange(cols, device=device), torch.arange(rows, device=device)
-    xs = (windows[:, 0:1] + col).float()  # [N, cols] image x
-    ys = (windows[:, 1:2] + row).float()  # [N, rows] image y
-    a = affines.float()[:, :, :, None, None]  # [N, 2, 3, 1, 1]
-    qx = a[:, 0, 0] * xs[:, None, :] + a[:, 0, 1] * ys[:, :, None] + a[:, 0, 2]  # [N, rows, cols]
+    xs = (windows[:, 0:1] + col).float()
+    ys = (windows[:, 1:2] + row).float()
+    a = faces.affines.to(device).float()[:, :, :, None, None]  # [N, 2, 3, 1, 1]
+    qx = a[:, 0, 0] * xs[:, None, :] + a[:, 0, 1] * ys[:, :, None] + a[:, 0, 2]
     qy = a[:, 1, 0] * xs[:, None, :] + a[:, 1, 1] * ys[:, :, None] + a[:, 1, 2]
-    in_window = (row[None, :, None] < sizes[:, 1, None, None]) & (col[None, None, :] < sizes[:, 0, None, None])
+    inside = (row[None, :, None] < sizes[:, 1, None, None]) & (col[None, None, :] < sizes[:, 0, None, None])
+    return PasteGrid(xs, ys, qx, qy, inside)
 
-    # 2. colour (and a crop-space mask) sampled from the crops in one grid_sample; crops that
-    #    shrink are blurred first (antialiasing)
+
+def _sample_crops(
+    crops: torch.Tensor,
+    crop_mask: torch.Tensor | None,
+    params: torch.Tensor,
+    scale: torch.Tensor,
+    grid: PasteGrid,
+    feather: float,
+    strength: float,
+    antialias: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(colour [N, 3 or 4, rows, cols], weight [N, rows, cols]) at every window pixel: colour
+    (and a crop-space mask) sampled from the crops in one grid_sample, crops that shrink blurred
+    first (antialiasing, scale [N] = crop pixels per image pixel); the weight is the mask times
+    strength, zero outside each face's own window."""
+    size = crops.shape[1]
     nchw = crops.permute(0, 3, 1, 2).float()
     if crop_mask is not None:
         nchw = torch.cat([nchw, crop_mask[:, None]], dim=1)
-    source, x0, y0 = _prepare_crops(nchw, params if crop_mask is None else None, affine_scale(affines), antialias)
+    source, x0, y0 = _prepare_crops(nchw, params if crop_mask is None else None, scale, antialias)
     sh, sw = source.shape[2:]
-    grid = torch.stack([(2 * (qx - x0) + 1) / sw - 1, (2 * (qy - y0) + 1) / sh - 1], dim=-1)
-    colour = F.grid_sample(source, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    sample_at = torch.stack([(2 * (grid.qx - x0) + 1) / sw - 1, (2 * (grid.qy - y0) + 1) / sh - 1], dim=-1)
+    colour = F.grid_sample(source, sample_at, mode="bicubic", padding_mode="border", align_corners=False)
     if crop_mask is None:
-        weight = mask_at(qx, qy, params[:, None, None, :], size, feather)
+        weight = mask_at(grid.qx, grid.qy, params[:, None, None, :], size, feather)
     else:
-        weight = colour[:, 3].clamp(0, 1) * border_at(qx, qy, size)
-    weight = torch.where(in_window, weight * strength, 0.0)
+        weight = colour[:, 3].clamp(0, 1) * border_at(grid.qx, grid.qy, size)
+    return colour, torch.where(grid.inside, weight * strength, 0.0)
 
-    # 3. only pixels some mask reaches: accumulate per image pixel the weighted colour, the
-    #    weight and the log of the uncovered fraction (overlaps blend, coverage stays <= 1)
+
+def _blend(images: torch.Tensor, image_index: torch.Tensor, grid: PasteGrid, colour: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The images with the faces blended in. Only pixels some mask reaches are touched: per image
+    pixel the weighted colour, the weight and the log of the uncovered fraction are accumulated
+    (overlaps blend, coverage 1 - prod(1 - w) stays <= 1), then blended into the photo's own
+    channels; every other value (alpha too) is copied as it is, so 16-bit values survive."""
+    device = images.device
+    b, h, w, channels = images.shape
     face, r, c = (weight > 0).nonzero(as_tuple=True)
     wgt = weight[face, r, c]
     col_rgb = colour[face, :3, r, c].clamp(0, 1)  # [P, 3]; bicubic overshoots
-    pixel = (faces.image_index.to(device)[face] * h + ys[face, r].long()) * w + xs[face, c].long()
+    pixel = (image_index[face] * h + grid.ys[face, r].long()) * w + grid.xs[face, c].long()
     touched, slot = _compact(pixel, b * h * w)
     num = torch.zeros(len(touched), 3, device=device).index_add_(0, slot, col_rgb * wgt[:, None])
     den = torch.zeros(len(touched), device=device).index_add_(0, slot, wgt)
     log_uncovered = torch.zeros(len(touched), device=device).index_add_(0, slot, torch.log1p(-wgt.clamp(max=1.0)))
     coverage = (1 - torch.exp(log_uncovered))[:, None]
     face_colour = num / den.clamp_min(1e-12)[:, None]
-
-    # 4. blend into the photo's own channels at those pixels; every other value (alpha too) is
-    #    copied as it is, so 16-bit values survive
     if channels == 1:
         face_colour = (face_colour * face_colour.new_tensor(LUMA)).sum(dim=-1, keepdim=True)
     k = min(channels, 3)
