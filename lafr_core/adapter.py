@@ -203,9 +203,15 @@ class LatentAligner(nn.Module):
 
 def codebook_usage(indices: torch.Tensor, codebook_size: int) -> CodebookUsage:
     """Histogram statistics of chosen codes, for training logs and dead-code re-seeding."""
-    counts = torch.bincount(indices.flatten().long().cpu(), minlength=codebook_size)
+    return usage_from_counts(torch.bincount(indices.flatten().long().cpu(), minlength=codebook_size))
+
+
+def usage_from_counts(counts: torch.Tensor) -> CodebookUsage:
+    """CodebookUsage of a code histogram [codebook_size] (e.g. counts summed over steps and
+    processes): perplexity = exp(entropy), the number of codes in effective use."""
     probs = counts.double() / counts.sum().clamp(min=1)
-    entropy = -(probs[probs > 0] * probs[probs > 0].log()).sum()
+    probs = probs[probs > 0]
+    entropy = -(probs * probs.log()).sum()
     return CodebookUsage(perplexity=float(entropy.exp()), unused=int((counts == 0).sum()), counts=counts)
 
 

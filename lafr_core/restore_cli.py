@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, align_faces, paste_faces
+from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, align_faces, parse_select, paste_faces
 from .host_chain import FaceOptions, HostModel, find_and_align, restore_images
 from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
 from .lafr_file import LafrWeights
@@ -278,14 +278,12 @@ def run_restore(
     return reports
 
 
-def parse_select(text: str) -> str | tuple[int, ...]:
-    """'all', 'largest' or comma-separated indices '0,2'."""
-    if text in ("all", "largest"):
-        return text
+def select_argument(text: str) -> str | tuple[int, ...]:
+    """--select's argparse type: lafr_core.face.parse_select, failing the argparse way."""
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--select takes 'all', 'largest' or indices like 0,2; got {text!r}") from None
+        return parse_select(text, name="--select")
+    except FaceError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -297,7 +295,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-weights", help="folder (or file) of facexlib weights: RetinaFace, and ParseNet for --mask parsenet (default: the usual model folders)")
     parser.add_argument("--threshold", type=float, help="minimum detection confidence (default: the detector's)")
     parser.add_argument("--min-size", type=float, default=DEFAULT_MIN_SIZE, help="skip faces smaller than this many pixels")
-    parser.add_argument("--select", type=parse_select, default="all", help="all, largest, or face indices per image like 0,2 (0 = largest)")
+    parser.add_argument("--select", type=select_argument, default="all", help="all, largest, or face indices per image like 0,2 (0 = largest)")
     parser.add_argument("--strength", type=float, default=1.0, help="blend of the restored face, 0..1")
     parser.add_argument("--colour-correction", "--color-correction", dest="colour_correction", choices=COLOUR_CORRECTIONS, default="none",
                         help="match the restored face's colours to the input face")

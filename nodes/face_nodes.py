@@ -6,7 +6,7 @@ import logging
 
 import torch
 
-from ..lafr_core.face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FaceSet, paste_faces
+from ..lafr_core.face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FaceSet, parse_select, paste_faces
 from ..lafr_core.host_chain import FaceOptions, find_and_align
 from . import comfy_host
 from .ui_preview import before_after, face_overlay
@@ -24,19 +24,6 @@ PASTE_INPUTS = {
     "colour_correction": (list(COLOUR_CORRECTIONS), {"default": "none", "tooltip": "Match the restored face's colours to the input face: lab (mean/std) or wavelet (low frequencies)."}),
     "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "How softly the face mask fades out (fraction of the face ellipse)."}),
 }
-
-
-def parse_select(select: str):
-    """Widget text -> detect_faces' select argument."""
-    text = select.strip().lower()
-    if text in ("", "all"):
-        return "all"
-    if text == "largest":
-        return "largest"
-    try:
-        return [int(part) for part in text.replace(" ", "").split(",") if part]
-    except ValueError:
-        raise ValueError(f"LAFR Face Detect & Align: select must be all, largest or indices like 0,2; got {select!r}") from None
 
 
 def detect_and_align(image: torch.Tensor, detector: str, threshold: float, min_size: int, select: str) -> tuple[torch.Tensor, FaceSet]:

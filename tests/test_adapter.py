@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lafr_core.adapter import AlignerConfig, LatentAligner, codebook_usage, count_parameters
+from lafr_core.adapter import AlignerConfig, LatentAligner, codebook_usage, count_parameters, usage_from_counts
 
 SMALL = AlignerConfig(hidden_channels=32, codebook_size=16, codebook_dim=8, norm_groups=8)
 
@@ -66,6 +66,17 @@ def test_codebook_usage_statistics():
     assert usage.perplexity == pytest.approx(1.0)
     assert usage.unused == 15
     assert usage.counts[3] == 4
+
+
+def test_usage_from_summed_counts_equals_usage_of_all_indices():
+    """The trainer sums histograms over steps and processes, then asks for the usage once."""
+    first, second = torch.arange(8).repeat(3), torch.tensor([0, 1, 2, 3] * 6)
+    summed = codebook_usage(first, 16).counts + codebook_usage(second, 16).counts
+    together = codebook_usage(torch.cat([first, second]), 16)
+    usage = usage_from_counts(summed)
+    assert usage.perplexity == together.perplexity and usage.unused == together.unused == 8
+    assert codebook_usage(torch.arange(8), 16).perplexity == pytest.approx(8.0)  # half the codes, evenly
+    assert usage_from_counts(torch.zeros(16, dtype=torch.long)).perplexity == 1.0  # nothing chosen yet
 
 
 def test_reseed_codes_replaces_dead_entries_with_features():

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from face_fixtures import CANVAS_FACES, HAND_LANDMARKS, PORTRAITS, Placed, compose_canvas, load_portrait
-from lafr_core.face import FaceError, detect_faces, select_faces
+from lafr_core.face import FaceError, detect_faces, parse_select, select_faces
 from lafr_core.face.errors import DetectorWeightsError
 from lafr_core.face.mtcnn import load_mtcnn
 from lafr_core.face.nms import batched_nms
@@ -78,6 +78,19 @@ def test_selection_all_largest_and_indices(canvas_faces):
         select_faces(faces, "biggest")
     with pytest.raises(FaceError, match="start at 0"):
         select_faces(faces, [-1])
+
+
+def test_parse_select_reads_what_users_type(canvas_faces):
+    """One parser for the node widget and --select: its results are select_faces' arguments."""
+    _, faces = canvas_faces
+    assert parse_select("") == parse_select(" ALL ") == "all"
+    assert parse_select("Largest") == "largest"
+    assert parse_select("3, 1,7,") == (3, 1, 7)
+    assert torch.equal(select_faces(faces, parse_select("1,3")).boxes, faces.boxes[[1, 3]])
+    with pytest.raises(FaceError, match=r"--select takes 'all', 'largest' or face indices like 0,2 .*got 'biggest'"):
+        parse_select("biggest", name="--select")
+    with pytest.raises(FaceError, match="start at 0"):  # syntax here, meaning in select_faces
+        select_faces(faces, parse_select("-1"))
 
 
 def test_batch_detection_equals_one_image_at_a_time():

@@ -17,7 +17,7 @@ from face_fixtures import DATA, compose_canvas
 from lafr_core.__main__ import build_parser
 from lafr_core.host_chain import HostModel
 from lafr_core.lafr_file import LafrWeights
-from lafr_core.restore_cli import EXIT_MISSING_WEIGHTS, Restorer, main, parse_select
+from lafr_core.restore_cli import EXIT_MISSING_WEIGHTS, Restorer, main, select_argument
 from test_pipeline import tiny_weights
 
 
@@ -138,9 +138,12 @@ def test_refuses_to_overwrite_inputs_and_bad_select(tmp_path, capsys):
     shutil.copy(DATA / "astronaut.png", tmp_path)
     assert run_cli([str(tmp_path / "astronaut.png"), "-o", str(tmp_path)], passthrough()[0]) == 1
     assert "would overwrite its input" in capsys.readouterr().out
-    assert parse_select("0, 2") == (0, 2) and parse_select("largest") == "largest"
+    assert select_argument("0, 2") == (0, 2) and select_argument("largest") == "largest"
     with pytest.raises(Exception, match="--select takes"):
-        parse_select("biggest")
+        select_argument("biggest")
+    with pytest.raises(SystemExit):  # argparse shows the message and exits 2
+        build_parser().parse_args(["restore", "photo.png", "-o", "out", "--select", "biggest"])
+    assert "--select takes 'all', 'largest' or face indices" in capsys.readouterr().err
 
 
 def test_mtcnn_ignores_a_retinaface_weights_file_and_parsenet_mask_needs_its_weights(tmp_path, comfy_home, capsys):

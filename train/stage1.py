@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lafr_core.adapter import AlignerOutput, LatentAligner
+from lafr_core.adapter import AlignerOutput, LatentAligner, usage_from_counts
 from lafr_core.lafr_file import load_lafr, save_lafr
 
 from .checkpoint import TrainState
@@ -29,13 +29,6 @@ from .models import freeze, load_base_models, vae_decode, vae_encode
 from .validation import grid, log_grid, write_grid
 
 STAGE1_FILE = "lafr_stage1.safetensors"
-
-
-def perplexity(counts: torch.Tensor) -> float:
-    """exp(entropy) of a code histogram: the number of codes in effective use."""
-    probs = counts.double() / counts.sum().clamp(min=1)
-    probs = probs[probs > 0]
-    return float((-(probs * probs.log()).sum()).exp())
 
 
 class AlignerNet(nn.Module):
@@ -96,10 +89,10 @@ class Stage1(Stage):
         every = self.config.stage1.reseed_every
         if not every or state.step % every:
             return {}
-        counts = self.accelerator.reduce(self.counts, reduction="sum").cpu().clone()  # reduce may alias
-        reseeded = self.reseed_dead_codes(counts == 0)
+        usage = usage_from_counts(self.accelerator.reduce(self.counts, reduction="sum").cpu().clone())  # reduce may alias
+        reseeded = self.reseed_dead_codes(usage.counts == 0)
         self.counts.zero_()
-        return {"perplexity": perplexity(counts), "unused_codes": float((counts == 0).sum()), "reseeded": float(reseeded)}
+        return {"perplexity": usage.perplexity, "unused_codes": float(usage.unused), "reseeded": float(reseeded)}
 
     @torch.no_grad()
     def reseed_dead_codes(self, dead: torch.Tensor) -> int:

@@ -11,7 +11,7 @@ never diffusers or peft, which the ComfyUI / A1111 node path does not have.
 
 from .align import DEFAULT_CROP_SIZE, FFHQ_TEMPLATE_512, align_faces, estimate_similarity, ffhq_template, invert_affine
 from .colour import COLOUR_CORRECTIONS, correct_colour
-from .detect import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLDS, DETECTORS, detect_faces, detector_status, resolve_detector, select_faces
+from .detect import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLDS, DETECTORS, detect_faces, detector_status, parse_select, resolve_detector, select_faces
 from .errors import DetectorUnavailableError, DetectorWeightsError, FaceError
 from .faceset import LANDMARK_NAMES, FaceSet
 from .mask import DEFAULT_FEATHER, crop_masks
@@ -39,6 +39,7 @@ __all__ = [
     "detector_status",
     "resolve_detector",
     "select_faces",
+    "parse_select",
     "FaceError",
     "DetectorWeightsError",
     "DetectorUnavailableError",

@@ -84,6 +84,19 @@ def _sort_by_image_then_area(image_index: torch.Tensor, boxes: torch.Tensor) -> 
     return by_area[by_image]
 
 
+def parse_select(text: str, name: str = "select") -> str | tuple[int, ...]:
+    """Text a user typed (a node widget, --select) -> select_faces' argument: "all" (also
+    empty), "largest", or comma-separated per-image indices like "0,2". Case and spaces do not
+    matter; `name` is how the error calls the option."""
+    words = text.strip().lower()
+    if words in ("", "all", "largest"):
+        return words or "all"
+    try:
+        return tuple(int(part) for part in words.replace(" ", "").split(",") if part)
+    except ValueError:
+        raise FaceError(f"{name} takes 'all', 'largest' or face indices like 0,2 (0 = largest); got {text!r}") from None
+
+
 def select_faces(faces: FaceSet, select: str | Sequence[int] = "all") -> FaceSet:
     """Keep "all", the "largest" per image, or the given per-image indices (0 = largest).
 
