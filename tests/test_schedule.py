@@ -31,11 +31,16 @@ def test_x0_from_eps_matches_diffusers_step():
     assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-5)
 
 
-def test_x0_coefficients_and_comfy_sigma_are_consistent():
-    a = alpha_bar(999)
+def test_x0_coefficients_match_diffusers_step_and_comfy_sigma():
+    """diffusers' DDPMScheduler.step is linear in (x_t, eps): x0 = c_z * x_t - c_eps * eps. Read
+    c_z and c_eps off it with unit inputs (float64 in, so only its float32 alphas_cumprod rounds)."""
+    scheduler = _diffusers_scheduler()
+    one, zero = torch.ones(1, 1, 1, 1, dtype=torch.float64), torch.zeros(1, 1, 1, 1, dtype=torch.float64)
+    ref_c_z = float(scheduler.step(zero, 999, one).pred_original_sample)
+    ref_c_eps = -float(scheduler.step(one, 999, zero).pred_original_sample)
     c_z, c_eps = x0_coefficients(999)
-    assert c_z == pytest.approx(1 / math.sqrt(a))
-    assert c_eps == pytest.approx(math.sqrt(1 - a) / math.sqrt(a))
+    assert c_z == pytest.approx(ref_c_z, rel=1e-5) and c_eps == pytest.approx(ref_c_eps, rel=1e-5)
+    assert c_z == pytest.approx(14.6488, abs=1e-3) and c_eps == pytest.approx(14.6146, abs=1e-3)
     sigma = comfy_sigma(999)
     assert sigma == pytest.approx(14.6146, abs=1e-3)  # ComfyUI's sigmas[999] for SD2.1
     assert math.sqrt(1 + sigma**2) == pytest.approx(c_z)

@@ -104,12 +104,18 @@ def test_lora_on_pruned_unet_trains_only_lora(tiny_unet, tiny_prompt_embeds):
     assert any(p.grad.abs().sum() > 0 for p in pruned.parameters() if p.requires_grad)
 
 
-def test_bf16_pruned_is_close_to_float32(tiny_unet, tiny_prompt_embeds):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_runs_in_its_dtype_and_is_close_to_float32(tiny_unet, tiny_prompt_embeds, dtype):
+    """A half-precision UNet gives half-precision x0 (the float64 x0 coefficients must not upcast
+    it) and everything the fold made (biases, prompt K/V, from a float32 prompt) is in that dtype."""
     z = torch.randn(2, 4, 16, 16)
     ref = pruned_x0(tiny_unet, z, tiny_prompt_embeds)
-    low = pruned_x0(tiny_unet.to(torch.bfloat16), z.bfloat16(), tiny_prompt_embeds).float()
-    assert low.dtype == torch.float32
-    assert (low - ref).abs().max() / ref.abs().max() < 0.05
+    with torch.no_grad():
+        pruned = PrunedUNet.from_diffusers(tiny_unet.to(dtype), tiny_prompt_embeds)
+        low = pruned(z.to(dtype))
+    assert low.dtype == dtype
+    assert {t.dtype for t in [*pruned.parameters(), *pruned.buffers()]} == {dtype}
+    assert (low.float() - ref).abs().max() / ref.abs().max() < 0.05
 
 
 def test_wrong_prompt_width_names_the_expected_width(tiny_unet):
