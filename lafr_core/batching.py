@@ -13,21 +13,28 @@ from typing import Callable
 
 import torch
 
+# torch.cuda.OutOfMemoryError is torch.OutOfMemoryError on torch >= 2.5 and also exists on the
+# torch 2.1 / 2.3 that A1111 and Forge ship (torch.OutOfMemoryError does not). The one default
+# for every host that names no OOM exception of its own.
+DEFAULT_OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
+
 
 def run_in_chunks(
     fn: Callable[[torch.Tensor], torch.Tensor],
     batch: torch.Tensor,
     chunk: int | None = None,
-    # torch.cuda.OutOfMemoryError is torch.OutOfMemoryError on torch >= 2.5 and also exists on the
-    # torch 2.1 / 2.3 that A1111 and Forge ship (torch.OutOfMemoryError does not).
-    oom_errors: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,),
+    oom_errors: tuple[type[BaseException], ...] = DEFAULT_OOM_ERRORS,
     min_chunk: int = 1,
     before_chunk: Callable[[], None] | None = None,
     after_chunk: Callable[[int], None] | None = None,
     on_oom: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """fn over batch[i:i+chunk] for all i, concatenated. `after_chunk(n_done)` after each chunk,
-    `on_oom(new_chunk)` when halving (free caches there). chunk None = the whole batch."""
+    `on_oom(new_chunk)` when halving (free caches there). chunk None = the whole batch.
+
+    `on_oom` runs only after the except block has ended: until then the exception's traceback
+    holds the failed chunk's frames and every tensor they allocated, so emptying the cache inside
+    it would free nothing (ComfyUI's VAE.encode defers its tiled retry for the same reason)."""
     total = batch.shape[0]
     if total == 0:
         raise ValueError("run_in_chunks got an empty batch")
@@ -36,11 +43,14 @@ def run_in_chunks(
     while start < total:
         if before_chunk is not None:
             before_chunk()
+        out_of_memory = False
         try:
             out = fn(batch[start : start + size])
         except oom_errors:
             if size <= min_chunk:
                 raise
+            out_of_memory = True  # the retry waits until the traceback (and its tensors) is gone
+        if out_of_memory:
             size = max(min_chunk, size // 2)
             if on_oom is not None:
                 on_oom(size)

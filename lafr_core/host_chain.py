@@ -20,16 +20,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .batching import run_in_chunks
+from .batching import DEFAULT_OOM_ERRORS, run_in_chunks
 from .face import DEFAULT_FEATHER, DEFAULT_MIN_SIZE, FaceSet, align_faces, detect_faces, paste_faces, resolve_detector
 from .face.align import DEFAULT_CROP_SIZE
 from .lafr_file import LafrWeights
 from .latent_ops import align_raw_latent, require_unet_step
 
 Tensor = torch.Tensor
-# torch.cuda.OutOfMemoryError exists on every torch the webuis ship (A1111 2.1, Forge 2.3);
-# torch.OutOfMemoryError, its device-neutral alias, only from torch 2.5.
-DEFAULT_OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError,)
 
 
 class ChainInterrupted(Exception):

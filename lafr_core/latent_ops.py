@@ -7,6 +7,8 @@ file's `lafr.latent_scale`, so the conversion is the file's own, whatever the ho
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .lafr_file import LafrWeights
@@ -32,12 +34,26 @@ def require_unet_step(weights: LafrWeights, node: str = "LAFR Pruned UNet Step")
         )
 
 
+def aligner_on(weights: LafrWeights, device: torch.device | str) -> torch.nn.Module:
+    """The file's adapter on `device`, for one call: a copy when it lives elsewhere.
+
+    Why a copy: `weights` is shared (the ComfyUI loader caches it, a webui keeps it between
+    images), so moving it in place would leave 5M parameters on the GPU after the node ends,
+    outside the host's memory management. 20 MB copied per call is nothing beside a VAE pass."""
+    require_adapter(weights)
+    aligner = weights.aligner
+    target = torch.device(device)
+    here = next(aligner.parameters()).device
+    if here.type == target.type and (target.index is None or here.index == target.index):
+        return aligner.eval()
+    return copy.deepcopy(aligner).to(target).eval()
+
+
 @torch.no_grad()
 def align_raw_latent(weights: LafrWeights, raw: torch.Tensor, device: torch.device | str) -> torch.Tensor:
     """Raw VAE latent [b, 4, h, w] -> aligned raw latent, computed on `device` in float32
     (the adapter is 5M parameters: precision costs nothing), returned on raw's device."""
-    require_adapter(weights)
-    aligner = weights.aligner.to(device).eval()
+    aligner = aligner_on(weights, device)
     scale = weights.latent_scale
     aligned = aligner(raw.to(device=device, dtype=torch.float32) * scale) / scale
     return aligned.to(raw.device)

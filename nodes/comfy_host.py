@@ -121,28 +121,66 @@ def lora_patches(model, weights: LafrWeights) -> dict:
 
 
 class PatchedUNet:
-    """The user's MODEL cloned with the LAFR LoRA as patches and loaded by ComfyUI's memory
-    management; `denoise` is one step at t = 999 on SCALED latents (the user's MODEL is
-    untouched: the patches live on the clone, as with ComfyUI's own LoraLoader)."""
+    """The user's MODEL cloned with the LAFR LoRA as patches; `denoise` is one step at t = 999 on
+    SCALED latents. The user's MODEL is untouched: the patches live on the clone, as with
+    ComfyUI's own LoraLoader.
+
+    Nothing is loaded here. ComfyUI may unload or partly offload any model whenever another one
+    loads (the VAE's encode right before our step; every load under --disable-smart-memory; low
+    VRAM), and an unloaded clone runs WITHOUT its patches. So, like ComfyUI's samplers
+    (sampler_helpers.prepare_sampling), every `denoise` call loads the clone with that batch's
+    memory estimate right before the forward, then runs it through the patcher's wrappers and
+    model_options."""
 
     def __init__(self, model, weights: LafrWeights, lora_strength: float, node: str) -> None:
-        import comfy.model_management as mm
-
         check_model(model, node)
         require_unet_step(weights, node)
-        self.patched = model.clone()
+        self.patcher = model.clone()
         if weights.kohya_lora and lora_strength:
-            self.patched.add_patches(lora_patches(self.patched, weights), lora_strength)
-        mm.load_models_gpu([self.patched])
-        self.base, self.device = self.patched.model, self.patched.load_device
-        self.sigma = self.patched.get_model_object("model_sampling").sigmas[LAFR_TIMESTEP].float()
+            self.patcher.add_patches(lora_patches(self.patcher, weights), lora_strength)
+        self.latent_format = self.patcher.model.latent_format
+        self.sigma = self.patcher.get_model_object("model_sampling").sigmas[LAFR_TIMESTEP].float()
         self.prompt = weights.prompt_embeds
+
+    def load(self, batch_shape: tuple[int, ...]) -> torch.device:
+        """Load (and patch) the clone for one forward of `batch_shape` latents: ComfyUI frees what
+        it must for the weights plus that batch's activations, or loads part of the weights
+        (lowvram) and streams the rest."""
+        import comfy.model_management as mm
+
+        memory = self.patcher.model.memory_required(list(batch_shape))
+        mm.load_models_gpu([self.patcher], memory_required=memory, minimum_memory_required=memory)
+        return self.patcher.load_device
+
+    def model_options(self, sigma: torch.Tensor, n: int) -> tuple[dict, dict]:
+        """(model_options, transformer_options) for one call, built as samplers.py builds them:
+        a copy of the patcher's options with its wrappers and callbacks merged in, so attention
+        patches and APPLY_MODEL wrappers of other packs on the user's MODEL still apply."""
+        import comfy.model_patcher
+        import comfy.patcher_extension as ext
+
+        options = comfy.model_patcher.create_model_options_clone(self.patcher.model_options)
+        transformer = options.setdefault("transformer_options", {})
+        ext.merge_nested_dicts(transformer.setdefault("wrappers", {}), self.patcher.wrappers, copy_dict1=False)
+        ext.merge_nested_dicts(transformer.setdefault("callbacks", {}), self.patcher.callbacks, copy_dict1=False)
+        transformer["cond_or_uncond"] = [0]  # one conditioned batch, no CFG
+        transformer["sigmas"] = sigma
+        return options, transformer
 
     def denoise(self, z_t: torch.Tensor) -> torch.Tensor:
         """Scaled x_t -> scaled x0 (apply_model of an EPS model returns x0 for x = x_t*sqrt(1+sigma^2))."""
         n = z_t.shape[0]
-        x = z_t.to(self.device) * math.sqrt(1.0 + float(self.sigma) ** 2)
-        x0 = self.base.apply_model(x, self.sigma.to(self.device).expand(n), c_crossattn=self.prompt.to(self.device).expand(n, -1, -1))
+        device = self.load(tuple(z_t.shape))
+        base = self.patcher.model
+        x = z_t.to(device) * math.sqrt(1.0 + float(self.sigma) ** 2)
+        sigma = self.sigma.to(device).expand(n)
+        options, transformer = self.model_options(sigma, n)
+        c = {"c_crossattn": self.prompt.to(device).expand(n, -1, -1), "transformer_options": transformer}
+        wrapper = options.get("model_function_wrapper")
+        if wrapper is not None:
+            x0 = wrapper(base.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": [0]})
+        else:
+            x0 = base.apply_model(x, sigma, **c)
         return x0.float()
 
 
@@ -163,9 +201,9 @@ def unet_step(model, weights: LafrWeights, raw: torch.Tensor, lora_strength: flo
     """Raw latent x_t (t = 999) -> raw x0 latent through the host's own UNet, all faces per
     forward, chunked on OOM, with progress and interruption."""
     unet = PatchedUNet(model, weights, lora_strength, node)
-    z_t = unet.base.latent_format.process_in(raw.float())
+    z_t = unet.latent_format.process_in(raw.float())
     x0 = run_in_chunks(
         lambda chunk: unet.denoise(chunk).to(raw.device), z_t, chunk=batch_size or None, oom_errors=oom_errors(),
         before_chunk=check_interrupt, after_chunk=Progress(z_t.shape[0]), on_oom=free_memory_after_oom,
     )
-    return unet.base.latent_format.process_out(x0)
+    return unet.latent_format.process_out(x0)

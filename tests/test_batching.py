@@ -52,3 +52,25 @@ def test_reraises_at_min_chunk_and_checks_interrupts_before_each_chunk():
 def test_empty_batch_is_refused():
     with pytest.raises(ValueError, match="empty batch"):
         run_in_chunks(lambda x: x, torch.zeros(0))
+
+
+def test_failed_chunks_tensors_are_released_before_on_oom_frees_the_cache():
+    """A host empties its allocator cache in on_oom: that only helps if nothing still holds the
+    failed chunk's activations (the exception's traceback keeps its frames alive)."""
+    import weakref
+
+    activations: list[weakref.ref] = []
+    alive_at_on_oom = []
+
+    def fn(x):
+        hidden = torch.zeros(len(x), 1024)  # the forward's activations
+        activations.append(weakref.ref(hidden))
+        if len(x) > 1:
+            raise FakeOOM("CUDA out of memory")
+        return x
+
+    def on_oom(size):
+        alive_at_on_oom.append(sum(ref() is not None for ref in activations))
+
+    run_in_chunks(fn, torch.arange(4.0), oom_errors=(FakeOOM,), on_oom=on_oom)
+    assert alive_at_on_oom == [0, 0]

@@ -1,7 +1,9 @@
 """The ComfyUI nodes on a real ComfyUI (COMFYUI_DIR), full-size SD2.1-base stand-ins.
 
 LAFR Pruned UNet Step through the host's ModelPatcher + LoRA patches + apply_model must equal
-the diffusers path (merged LoRA, PrunedUNet) and leave the user's MODEL bit-identical."""
+the diffusers path (merged LoRA, PrunedUNet) and leave the user's MODEL bit-identical; so must
+both graph forms when ComfyUI unloads every model at each point where it may on a GPU (CPU
+ComfyUI never frees memory by itself, so the tests make it)."""
 
 from __future__ import annotations
 
@@ -87,6 +89,148 @@ def test_unet_step_node_equals_diffusers_path_and_leaves_model_untouched(stand_i
     assert _fingerprint(model.model.diffusion_model) == before, "the user's MODEL was modified"
     del model
     comfy.model_management.unload_all_models()
+    gc.collect()
+
+
+@pytest.fixture
+def forced_unloads(monkeypatch):
+    """ComfyUI told to free everything wherever it may on a GPU: right after the VAE's encode
+    (its load_models_gpu frees other models when VRAM is short), before each chunk of faces
+    (any other model's load between our calls), and with --disable-smart-memory's rule. Yields
+    the list of points where it freed, so a test can show the frees happened."""
+    import_comfy()
+    import comfy.model_management as mm
+    import comfy.sd
+
+    frees: list[str] = []
+
+    def free_all(where: str) -> None:
+        frees.append(where)
+        mm.free_memory(1e30, mm.get_torch_device())
+
+    encode, interrupted = comfy.sd.VAE.encode, mm.throw_exception_if_processing_interrupted
+
+    def encode_then_free(self, pixels):
+        out = encode(self, pixels)
+        free_all("after VAE encode")
+        return out
+
+    def free_then_check():
+        free_all("before a chunk")
+        interrupted()
+
+    monkeypatch.setattr(comfy.sd.VAE, "encode", encode_then_free)
+    monkeypatch.setattr(mm, "throw_exception_if_processing_interrupted", free_then_check)
+    monkeypatch.setattr(mm, "DISABLE_SMART_MEMORY", True)
+    yield frees
+    mm.unload_all_models()
+
+
+def test_unet_step_node_keeps_its_lora_when_comfyui_unloads_between_chunks(stand_in, forced_unloads):
+    """Defect of 0.1: the clone was loaded once, then ComfyUI unpatched it and the faces after
+    the first free ran without the LoRA. One face per chunk: a free before every forward."""
+    comfy_sd = import_comfy()
+    pack = load_pack()
+    base_sd, weights = stand_in
+    raw = torch.randn(2, 4, 64, 64, generator=torch.Generator().manual_seed(2))
+    expected = _reference_x0(base_sd, weights, raw)
+    gc.collect()
+    model = comfy_sd.load_diffusion_model_state_dict(dict(base_sd))
+    before = _fingerprint(model.model.diffusion_model)
+    (out,) = pack.NODE_CLASS_MAPPINGS["LAFRPrunedUNetStep"]().step(model, weights, {"samples": raw}, 1.0, 1)
+    assert forced_unloads.count("before a chunk") == 2
+    assert (out["samples"] - expected).abs().max() < 2e-3
+    import comfy.model_management
+
+    comfy.model_management.load_models_gpu([model])
+    assert not model.patches and _fingerprint(model.model.diffusion_model) == before
+    del model
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def sd_vae():
+    """A full-size SD VAE (random weights, LDM keys) as ComfyUI's own VAE object."""
+    from diffusers import AutoencoderKL
+
+    from ldm_fixtures import diffusers_vae_to_ldm, random_state_dict
+    from lafr_core.pipeline import bundled_config
+
+    import_comfy()
+    import comfy.sd
+
+    sd = diffusers_vae_to_ldm(random_state_dict(AutoencoderKL, bundled_config("vae"), torch.float32, seed=5))
+    return comfy.sd.VAE(sd={k.removeprefix("first_stage_model."): v for k, v in sd.items()})
+
+
+def _portrait() -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    from conftest import DATA_DIR
+
+    return torch.from_numpy(np.asarray(Image.open(DATA_DIR / "astronaut.png").convert("RGB"), dtype=np.float32) / 255.0)[None]
+
+
+def _restore_node(pack, image, model, vae, weights, lora_strength):
+    out = pack.NODE_CLASS_MAPPINGS["LAFRRestoreFaces"]().restore(
+        image, model, vae, weights, "mtcnn", 0.0, 20, "all", 1.0, "none", 0.3, lora_strength)
+    return out["result"]
+
+
+def test_restore_faces_node_keeps_its_lora_when_comfyui_unloads_after_the_vae(stand_in, sd_vae, monkeypatch):
+    """The all-in-one node: the VAE's encode unloads the patched UNet (as it may on a GPU); the
+    restored face must still be the LoRA's, and the user's MODEL and VAE unchanged afterwards."""
+    comfy_sd = import_comfy()
+    pack = load_pack()
+    import comfy.model_management as mm
+
+    base_sd, weights = stand_in
+    image = _portrait()
+    model = comfy_sd.load_diffusion_model_state_dict(dict(base_sd))
+    model_before, vae_before = _fingerprint(model.model.diffusion_model), _fingerprint(sd_vae.first_stage_model)
+    _, reference, count = _restore_node(pack, image, model, sd_vae, weights, 1.0)
+    assert count == 1
+
+    frees = []
+    encode = type(sd_vae).encode
+
+    def encode_then_free(self, pixels):
+        out = encode(self, pixels)
+        frees.append(1)
+        mm.free_memory(1e30, mm.get_torch_device())
+        return out
+
+    monkeypatch.setattr(type(sd_vae), "encode", encode_then_free)
+    monkeypatch.setattr(mm, "DISABLE_SMART_MEMORY", True)
+    _, restored, _ = _restore_node(pack, image, model, sd_vae, weights, 1.0)
+    _, without_lora, _ = _restore_node(pack, image, model, sd_vae, weights, 0.0)
+    assert len(frees) == 2
+    assert (restored - reference).abs().max() < 1e-4, "the LoRA was dropped after the VAE's load"
+    assert (without_lora - reference).abs().max() > 1e-3  # the LoRA is visible through this random VAE
+
+    mm.load_models_gpu([model, sd_vae.patcher])
+    assert not model.patches and not sd_vae.patcher.patches
+    assert _fingerprint(model.model.diffusion_model) == model_before, "the user's MODEL was modified"
+    assert _fingerprint(sd_vae.first_stage_model) == vae_before, "the user's VAE was modified"
+    del model
+    mm.unload_all_models()
+    gc.collect()
+
+
+def test_restore_faces_node_without_faces_loads_no_model(stand_in, sd_vae):
+    comfy_sd = import_comfy()
+    pack = load_pack()
+    import comfy.model_management as mm
+
+    base_sd, weights = stand_in
+    model = comfy_sd.load_diffusion_model_state_dict(dict(base_sd))
+    mm.unload_all_models()
+    image = torch.full((1, 256, 320, 3), 0.4)
+    out, crops, count = _restore_node(pack, image, model, sd_vae, weights, 1.0)
+    assert count == 0 and torch.equal(out, image) and crops.shape == (1, 512, 512, 3)
+    assert mm.current_loaded_models == [], [m.model for m in mm.current_loaded_models]
+    del model
     gc.collect()
 
 
