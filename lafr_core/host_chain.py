@@ -46,6 +46,8 @@ class FaceOptions:
     feather: float = DEFAULT_FEATHER
     detector_weights: str | Path | None = None  # a RetinaFace file or folder (the host's model folder)
     crop_size: int = DEFAULT_CROP_SIZE
+    mask: str = "landmarks"  # paste mask: "landmarks" (feathered ellipse) or "parsenet" (face parsing)
+    mask_weights: str | Path | None = None  # ParseNet's file or folder; None: the face-model folders
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class ChainResult:
     images: Tensor  # same shape, dtype and channels as the input images
     faces: FaceSet  # what was found (with affines when any face was)
     restored: Tensor | None = field(default=None, repr=False)  # restored crops, None without faces
+    crops: Tensor | None = field(default=None, repr=False)  # the aligned crops that were restored
 
 
 @torch.no_grad()
@@ -144,6 +147,6 @@ def restore_images(
     check_stop()
     out = paste_faces(
         pixels, restored, faces, strength=options.strength, colour_correction=options.colour_correction,
-        feather=options.feather, source_crops=crops,
+        feather=options.feather, source_crops=crops, mask=options.mask, mask_weights=options.mask_weights,
     )
-    return ChainResult(out.to(images.device), faces.to(images.device), restored.to(images.device))
+    return ChainResult(out.to(images.device), faces.to(images.device), restored.to(images.device), crops.to(images.device))

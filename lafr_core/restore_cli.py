@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, align_faces, parse_select, paste_faces
+from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, parse_select
 from .host_chain import FaceOptions, HostModel, find_and_align, restore_images
 from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
 from .lafr_file import LafrWeights
@@ -35,7 +35,6 @@ class RestoreOptions:
     """Every knob of the restore command: the chain's face options plus what only the CLI has."""
 
     face: FaceOptions = FaceOptions()
-    mask: str = "landmarks"
     device: str | None = None
     batch_size: int | None = None  # faces per UNet forward (None: all of a photo's faces at once)
     save_crops: bool = False
@@ -187,15 +186,11 @@ def process_image(source: Path, target: Path, options: RestoreOptions, restorer:
         crops, faces = find_and_align(pixels, options.face)
     else:
         result = restore_images(pixels, restorer.weights, restorer.host, options.face, chunk=options.batch_size)
-        faces, restored = result.faces, result.restored
-        if len(faces) and (options.save_crops or options.save_preview or options.mask != "landmarks"):
-            crops, _ = align_faces(pixels, faces, size=options.face.crop_size)  # the crops the chain restored
+        faces, restored, crops = result.faces, result.restored, result.crops
         if len(faces) == 0:
             _pass_through(source, target, image)
         else:
             output = result.images
-            if options.mask != "landmarks":  # the chain pastes with the landmark mask only
-                output = _paste_with_mask(pixels, restored, faces, crops, options)
             write_image(target, output.cpu(), image)
         report.output = target
     report.faces, report.skipped_small = len(faces), sum(faces.skipped_small)
@@ -212,18 +207,6 @@ def _pass_through(source: Path, target: Path, image: LoadedImage) -> None:
         shutil.copyfile(source, target)
     else:
         write_image(target, image.pixels, image)  # only converted to the format -o asks for
-
-
-def _paste_with_mask(pixels: torch.Tensor, restored: torch.Tensor, faces, crops: torch.Tensor, options: RestoreOptions) -> torch.Tensor:
-    """Paste again with --mask (ParseNet) until host_chain.FaceOptions carries a mask."""
-    face = options.face
-    return paste_faces(pixels, restored, faces, strength=face.strength, colour_correction=face.colour_correction,
-                       feather=face.feather, source_crops=crops, mask=options.mask, mask_weights=_folder(face.detector_weights))
-
-
-def _folder(path: str | None) -> str | None:
-    """--detector-weights as a folder to search for ParseNet too (a file is RetinaFace's only)."""
-    return path if path and Path(path).is_dir() else None
 
 
 def _write_extras(image: LoadedImage, target: Path, faces, crops, restored, output, options: RestoreOptions, no_model: bool) -> list[Path]:
@@ -314,8 +297,10 @@ def main(args: argparse.Namespace, restorer: Restorer | None = None) -> int:
     face = FaceOptions(
         detector=args.detector, threshold=args.threshold, min_size=args.min_size, select=args.select, strength=args.strength,
         colour_correction=args.colour_correction, feather=args.feather, detector_weights=args.detector_weights,
+        # a --detector-weights folder is searched for ParseNet too (a file is RetinaFace's only)
+        mask=args.mask, mask_weights=args.detector_weights if args.detector_weights and Path(args.detector_weights).is_dir() else None,
     )
-    options = RestoreOptions(face=face, mask=args.mask, device=device, batch_size=args.batch_size,
+    options = RestoreOptions(face=face, device=device, batch_size=args.batch_size,
                              save_crops=args.save_crops, save_preview=args.save_preview)
     lookup = None
     try:

@@ -148,7 +148,7 @@ def test_refuses_to_overwrite_inputs_and_bad_select(tmp_path, capsys):
 
 def test_mtcnn_ignores_a_retinaface_weights_file_and_parsenet_mask_needs_its_weights(tmp_path, comfy_home, capsys):
     """The chain's guard: --detector-weights may name a RetinaFace file; MTCNN must not get it. The
-    ParseNet mask (pasted by the CLI, not the chain) still looks for its own weights."""
+    ParseNet mask (pasted by the chain) still looks for its own weights."""
     shutil.copy(DATA / "astronaut.png", tmp_path)
     retinaface = tmp_path / "detection_Resnet50_Final.pth"
     retinaface.write_bytes(b"not read by mtcnn")
