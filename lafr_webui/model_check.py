@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from lafr_core.base_model import BaseModelInfo
+from lafr_core.base_model import FAMILY_BY_CONTEXT, BaseModelInfo
 
 # an SD2 cross-attention key projection: its input width is the text context width (1024 on SD2.x)
 CONTEXT_PROBE = "input_blocks.1.1.transformer_blocks.0.attn2.to_k"
@@ -70,8 +70,8 @@ def loaded_model_info(sd_model: Any) -> BaseModelInfo:
         return BaseModelInfo(family, _prediction(sd_model), None, None)
     in_channels = getattr(unet, "in_channels", None)
     context = _context_dim(unet)
-    if family == "sd2.x" and context not in (None, 1024):  # flagged SD2 but not SD2's text width
-        family = f"sd2.x-like with {context}-wide cross-attention"
+    if family == "sd2.x" and context not in (None, 1024):  # flagged SD2, but the weights say otherwise:
+        family = FAMILY_BY_CONTEXT.get(context, "unknown")  # the text width names the family (described once)
     return BaseModelInfo(family, _prediction(sd_model), context, int(in_channels) if in_channels else None)
 
 

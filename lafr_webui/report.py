@@ -1,22 +1,36 @@
-"""Error reports for the webui entry points: what failed, with which inputs, on which system.
+"""Failures at the webui entry points: the user's image is kept, and the console says why once.
 
-A bug report from a webui user usually arrives as the last line of a traceback. The entry points
-(face restorer, Extras script) wrap their body so an unexpected exception prints one block with the
-LAFR/torch/Python versions, the device, the inputs (tensors and images summarised by shape and
-type) and the traceback, with rich when the webui has it (both ship it) and plain text otherwise.
+Both entry points (face restorer, Extras script) run their body inside `image_kept`, so no LAFR
+failure ever reaches the webui's own handler. That handler matters: an exception escaping a
+postprocessing script ends the whole Extras run (A1111's runner does not catch it), the webui
+prints its own traceback after ours, and the gallery comes back empty. Instead:
+  * a problem the user can fix (USER_ERRORS: a missing or broken LAFR file, a bad argument, an
+    image or detector problem) prints ONE line, once per cause (messages.notify_once);
+  * anything else is a bug: one report block with the LAFR/torch/Python versions, the device, the
+    inputs (tensors and images summarised by shape and type) and the traceback, with rich when
+    the webui has it (both ship it) and plain text otherwise.
+Either way the caller goes on with the image it had.
 """
 
 from __future__ import annotations
 
-import functools
-import inspect
 import platform
 import sys
 import traceback
-from typing import Any, Callable, Mapping, TypeVar
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
-F = TypeVar("F", bound=Callable[..., Any])
+from lafr_core.face import FaceError
+from lafr_core.lafr_file import LafrFileError
+from lafr_core.latent_ops import MissingStageError
+
+from .args import ArgsError
+from .images import UnsupportedImage
+from .messages import notify_once
+
 MAX_REPR = 200
+# problems of files, settings or inputs: the message says what to fix, no traceback needed
+USER_ERRORS = (FileNotFoundError, LafrFileError, MissingStageError, FaceError, ArgsError, UnsupportedImage)
 
 
 def summarise(value: Any) -> str:
@@ -76,24 +90,14 @@ def print_report(what: str, inputs: Mapping[str, Any], exc: BaseException) -> No
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
 
 
-def reported(what: str) -> Callable[[F], F]:
-    """Decorator: on an exception print the report (inputs bound to parameter names), then re-raise."""
-
-    def wrap(fn: F) -> F:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def inner(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                try:
-                    bound = signature.bind_partial(*args, **kwargs).arguments
-                except TypeError:
-                    bound = {"args": args, "kwargs": kwargs}
-                print_report(what, {k: v for k, v in bound.items() if k != "self"}, exc)
-                raise
-
-        return inner  # type: ignore[return-value]
-
-    return wrap
+@contextmanager
+def image_kept(what: str, inputs: Mapping[str, Any]) -> Iterator[None]:
+    """`with image_kept("Extras", {...}): ...` never raises an Exception: a user error prints
+    "<what>: image passed through unchanged: <why>" once per cause, anything else the report (with
+    `inputs`), and the with-block is left, so the caller goes on with its unchanged image."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        notify_once((what, type(exc).__name__, str(exc)), f"{what}: image passed through unchanged: {exc}")
+    except Exception as exc:  # noqa: BLE001 - an image must never be lost to LAFR
+        print_report(f"{what} (the image passes through unchanged)", inputs, exc)

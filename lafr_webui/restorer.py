@@ -5,9 +5,9 @@ restore(np_image uint8 RGB) -> np_image, listed in modules.shared.face_restorers
 "Reload UI" re-runs scripts/lafr_a1111.py but keeps that list, so `register` replaces an entry of
 the same name instead of appending a second one.
 
-restore() never loses the user's image: a refused checkpoint, a missing file, an interrupt or an
-unexpected error all return the input unchanged; problems the user can fix are shown once, bugs
-get a full report (report.py) every time.
+restore() never loses the user's image: a refused checkpoint, a missing file, no face found, an
+interrupt or an unexpected error all return the input unchanged; problems the user can fix are
+shown once, bugs get a full report (report.image_kept) every time.
 """
 
 from __future__ import annotations
@@ -17,19 +17,10 @@ from typing import Any
 import numpy as np
 from modules import face_restoration, shared
 
-from lafr_core.face import FaceError
-from lafr_core.lafr_file import LafrFileError
-from lafr_core.latent_ops import MissingStageError
-
 from . import RESTORER_NAME, service
-from .args import ArgsError
-from .images import UnsupportedImage, array_to_pixels, pixels_to_array
-from .messages import notify_once
-from .report import print_report
+from .images import array_to_pixels, pixels_to_array
+from .report import image_kept
 from .settings import read_settings
-
-# problems of files, settings or inputs: the message says what to fix, no traceback needed
-USER_ERRORS = (FileNotFoundError, LafrFileError, MissingStageError, FaceError, ArgsError, UnsupportedImage)
 
 
 class LafrFaceRestorer(face_restoration.FaceRestoration):
@@ -37,14 +28,10 @@ class LafrFaceRestorer(face_restoration.FaceRestoration):
         return RESTORER_NAME
 
     def restore(self, np_image: np.ndarray) -> np.ndarray:
-        try:
+        with image_kept("face restoration", {"np_image": np_image}):  # a generation is never lost to LAFR
             args = read_settings(shared.opts)
             outcome = service.restore(array_to_pixels(np_image), args, label="LAFR face restoration")
             return np_image if outcome.skipped else pixels_to_array(outcome.images)
-        except USER_ERRORS as exc:
-            notify_once(("restorer", type(exc).__name__, str(exc)), f"face restoration skipped: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a generation must never be lost to the face restorer
-            print_report("LAFR face restoration (the image is returned unchanged)", {"np_image": np_image}, exc)
         return np_image
 
 

@@ -34,6 +34,10 @@ class Outcome:
     faces: int = 0
     lafr_file: str | None = None  # the file's name in models/LAFR
     skipped: str | None = None  # why nothing was restored (refused model, interrupted)
+    no_face: str | None = None  # the chain ran and found no face: what was said (images = input)
+
+
+NO_FACE = "no face found (image passed through unchanged)"
 
 
 def cached_weights(path: Path) -> LafrWeights:
@@ -100,11 +104,13 @@ def _host_model(sd_model: Any, weights: LafrWeights, devices: Any):
     return A1111Model(sd_model, weights, devices.device, devices.dtype_vae), (lambda: None)
 
 
-def restore(images: torch.Tensor, args: RestoreArgs, label: str = "LAFR") -> Outcome:
+def restore(images: torch.Tensor, args: RestoreArgs, label: str = "LAFR", file_setting: str = "Settings > LAFR") -> Outcome:
     """Restore the faces of images [B, H, W, C] float 0..1 with the loaded checkpoint.
 
     Returns the input unchanged (with `skipped` set) when the checkpoint is not SD2.x eps or the
-    user interrupted. File, detector and argument problems raise (callers report them)."""
+    user interrupted; without a face it says so (one line per call) and returns the input.
+    File, detector and argument problems raise (callers report them); a missing file's message
+    sends the user to `file_setting`, where the file was chosen."""
     from modules import devices, shared
 
     sd_model = loaded_sd_model(shared)
@@ -114,12 +120,12 @@ def restore(images: torch.Tensor, args: RestoreArgs, label: str = "LAFR") -> Out
         return Outcome(images, skipped=message)
     checkpoint = checkpoint_label(sd_model)
     try:
-        require_sd2_epsilon(loaded_model_info(sd_model), f"LAFR cannot use the loaded checkpoint {checkpoint}")
+        require_sd2_epsilon(loaded_model_info(sd_model), f"the loaded checkpoint {checkpoint}")
     except BaseModelError as exc:
         notify_once(("model", checkpoint), f"{exc} Images pass through unchanged; LAFR never switches checkpoints itself.")
         return Outcome(images, skipped=str(exc))
 
-    path = resolve_lafr_file(args.lafr_file)
+    path = resolve_lafr_file(args.lafr_file, setting=file_setting)
     weights = cached_weights(path)
     name = path.name
     options = FaceOptions(detector=args.detector, strength=args.strength, colour_correction=args.colour_correction,
@@ -139,5 +145,10 @@ def restore(images: torch.Tensor, args: RestoreArgs, label: str = "LAFR") -> Out
     finally:
         cleanup()
         devices.torch_gc()
+    if len(result.faces) == 0:
+        small = sum(result.faces.skipped_small)
+        message = f"{NO_FACE}; {small} too small to restore" if small else NO_FACE
+        notify(message)
+        return Outcome(images, 0, name, no_face=message)
     return Outcome(result.images, len(result.faces), name)
 

@@ -50,9 +50,9 @@ def lafr_files(folder: Path | None = None) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.safetensors") if p.is_file())
 
 
-def resolve_lafr_file(name: str, folder: Path | None = None) -> Path:
+def resolve_lafr_file(name: str, folder: Path | None = None, setting: str = "Settings > LAFR") -> Path:
     """The file a setting names: AUTOMATIC is the first one in the folder. FileNotFoundError says
-    which folder to fill."""
+    which folder to fill, or which `setting` to change."""
     folder = lafr_folder() if folder is None else folder
     files = lafr_files(folder)
     if name == AUTOMATIC:
@@ -62,7 +62,7 @@ def resolve_lafr_file(name: str, folder: Path | None = None) -> Path:
         return folder / files[0]
     if name not in files:
         listed = ", ".join(files) if files else "none"
-        raise FileNotFoundError(f"LAFR file {name!r} is not in {folder} (found: {listed}); pick another in Settings > LAFR")
+        raise FileNotFoundError(f"LAFR file {name!r} is not in {folder} (found: {listed}); pick another in {setting}")
     return folder / name
 
 

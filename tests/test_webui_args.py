@@ -16,7 +16,7 @@ from lafr_core.face import DETECTORS
 from lafr_webui.args import AUTOMATIC, FROM_SETTINGS, ArgsError, ExtrasArgs, RestoreArgs
 from lafr_webui.images import UnsupportedImage, array_to_pixels, pil_to_pixels, pixels_to_array, pixels_to_pil
 from lafr_webui.model_check import loaded_model_info
-from lafr_webui.report import reported
+from lafr_webui.report import image_kept
 from lafr_webui.settings import detector_weights, resolve_lafr_file
 
 
@@ -114,7 +114,7 @@ def forge(unet, prediction, **flags):
     (a1111(_unet(768), is_sd1=True), False, "sd1.x"),
     (a1111(_unet(2048), is_sdxl=True), False, "sdxl"),
     (a1111(_unet(1024, in_channels=9), is_sd2=True), False, "9 input channels"),
-    (a1111(_unet(768), is_sd2=True), False, "768-wide"),
+    (a1111(_unet(768), is_sd2=True), False, "it is sd1.x"),  # flagged SD2, but its weights are SD1-wide
     (forge(_unet(1024), "epsilon", is_sd2=True), True, "epsilon"),
     (forge(_unet(1024), "v_prediction", is_sd2=True), False, "predicts v"),
     (SimpleNamespace(), False, "unknown"),
@@ -151,12 +151,29 @@ def test_lafr_file_resolution_and_detector_weights(tmp_path: Path):
     assert detector_weights("mtcnn", tmp_path) is None
 
 
-def test_report_names_the_inputs_and_reraises(capsys):
-    @reported("a test step")
-    def step(image, strength=1.0):
+def test_a_bug_prints_one_report_naming_the_inputs_and_is_not_raised(capsys):
+    with image_kept("a test step", {"image": np.zeros((4, 6, 3), np.uint8), "strength": 0.5}):
         raise RuntimeError("kaputt")
-
-    with pytest.raises(RuntimeError, match="kaputt"):
-        step(np.zeros((4, 6, 3), np.uint8), strength=0.5)
     err = capsys.readouterr().err
     assert "a test step" in err and "shape=(4, 6, 3)" in err and "0.5" in err and "kaputt" in err and "torch" in err
+    assert [line for line in err.splitlines() if line == "RuntimeError: kaputt"] == ["RuntimeError: kaputt"]  # one traceback
+
+
+def test_a_user_error_is_one_line_once_per_cause(capsys, monkeypatch):
+    import lafr_webui.messages as messages
+
+    monkeypatch.setattr(messages, "_shown", set())
+    for _ in range(2):
+        with image_kept("Extras", {}):
+            raise FileNotFoundError("LAFR file 'x.safetensors' is not in /m/LAFR")
+    with image_kept("Extras", {}):
+        raise ArgsError("Extras > LAFR: unknown argument(s) ['strength']")
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["[LAFR] Extras: image passed through unchanged: LAFR file 'x.safetensors' is not in /m/LAFR",
+                     "[LAFR] Extras: image passed through unchanged: Extras > LAFR: unknown argument(s) ['strength']"]
+
+
+def test_keyboard_interrupt_is_not_swallowed():
+    with pytest.raises(KeyboardInterrupt):
+        with image_kept("a test step", {}):
+            raise KeyboardInterrupt

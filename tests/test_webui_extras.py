@@ -1,4 +1,5 @@
-"""Extras tab > LAFR on the fake webui: pp.info, None args (API) = off, strict arguments, the UI."""
+"""Extras tab > LAFR on the fake webui: pp.info, None args (API) = off, strict arguments reported
+without ending the Extras run, no face said in the infotext, the UI."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 import lafr_webui.messages as messages
 from face_fixtures import DATA
-from webui_fakes import FakeWebui, PostprocessedImage, fake_gradio
+from webui_fakes import FakeWebui, FlippedCopies, PostprocessedImage, fake_gradio, run_extras
 from webui_models import FakeLatentDiffusion, lafr_weights, write_lafr_file
 
 
@@ -80,19 +81,61 @@ def test_none_args_and_disabled_mean_off(extras, sd2, args):
     assert sd2.apply_calls == 0
 
 
-def test_unknown_or_invalid_arguments_are_errors(extras, capsys):
-    from lafr_webui.args import ArgsError
+@pytest.mark.parametrize("args, message", [
+    ({"enable": True, "strength": 0.5},
+     "Extras > LAFR: unknown argument(s) ['strength']; expected ['enable', 'lafr_file', 'visibility']"),
+    ({"enable": True, "visibility": 2.0}, "Extras > LAFR: visibility must be between 0 and 1, got 2.0"),
+])
+def test_a_bad_argument_is_one_line_and_the_image_passes_through(extras, sd2, args, message, capsys):
+    source = rgba_photo()
+    pp = PostprocessedImage(source)
+    sd2.apply_calls = 0
+    extras.process(pp, **args)  # an API typo: said, not raised
+    assert pp.image is source and pp.info == {} and sd2.apply_calls == 0
+    assert capsys.readouterr().err.splitlines() == [f"[LAFR] Extras: image passed through unchanged: {message}"]
 
-    with pytest.raises(ArgsError, match="unknown argument.*'strength'"):
-        extras.process(PostprocessedImage(rgba_photo()), enable=True, strength=0.5)
-    with pytest.raises(ArgsError, match="visibility must be between 0 and 1"):
-        extras.process(PostprocessedImage(rgba_photo()), enable=True, visibility=2.0)
-    assert "LAFR error" in capsys.readouterr().err  # the report block for the webui console
+
+def test_a_missing_lafr_file_keeps_the_rest_of_the_extras_run(extras, webui, capsys):
+    """Issue 15, seen in a real A1111: today two tracebacks and an EMPTY gallery."""
+    source = rgba_photo()
+    gallery, infotext = run_extras(source, [(extras, {"enable": True, "visibility": 1.0, "lafr_file": "missing.safetensors"}),
+                                            (FlippedCopies(), {"enable": True})])
+
+    assert len(gallery) == 2  # the image, and the copy the later script made of it
+    assert gallery[0] is source
+    assert np.array_equal(np.asarray(gallery[1]), np.asarray(source)[:, ::-1])
+    assert infotext == ""
+    err = capsys.readouterr().err
+    folder = webui.models_path / "LAFR"
+    assert err.splitlines() == [
+        f"[LAFR] Extras: image passed through unchanged: LAFR file 'missing.safetensors' is not in {folder} "
+        "(found: faces.safetensors); pick another in Extras > LAFR"]
+    assert "Traceback" not in err
 
 
-def test_a_file_not_in_models_lafr_is_an_error_naming_the_folder(extras, webui):
-    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        extras.process(PostprocessedImage(rgba_photo()), enable=True, visibility=1.0, lafr_file="missing.safetensors")
+def test_a_bug_in_extras_is_one_report_and_the_run_goes_on(extras, sd2, monkeypatch, capsys):
+    def broken(*args, **kwargs):
+        raise RuntimeError("host exploded")
+
+    monkeypatch.setattr(sd2, "apply_model", broken)
+    source = rgba_photo()
+    gallery, _ = run_extras(source, [(extras, {"enable": True, "visibility": 1.0, "lafr_file": "Use settings"}),
+                                     (FlippedCopies(), {"enable": True})])
+    assert len(gallery) == 2 and gallery[0] is source
+    err = capsys.readouterr().err
+    assert "LAFR error" in err and "Extras (the image passes through unchanged)" in err and "pp.image" in err
+    ends = [line for line in err.splitlines() if line == "RuntimeError: host exploded"]
+    assert len(ends) == 1  # one traceback, ours: the webui's runner never sees the error
+
+
+def test_no_face_is_said_in_the_infotext_and_the_console(extras, sd2, capsys):
+    blank = Image.new("RGB", (256, 256), (120, 120, 120))
+    sd2.apply_calls = 0
+    gallery, infotext = run_extras(blank, [(extras, {"enable": True, "visibility": 1.0, "lafr_file": "Use settings"})])
+    assert gallery == [blank]
+    assert infotext == "LAFR: no face found (image passed through unchanged), LAFR model: faces.safetensors"
+    assert capsys.readouterr().err.splitlines() == ["[LAFR] no face found (image passed through unchanged)"]
+    assert sd2.apply_calls == 0
 
 
 def test_refused_checkpoint_leaves_the_image_and_info_alone(extras, webui, capsys):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import traceback
 import types
 from pathlib import Path
 
@@ -98,6 +99,35 @@ class ScriptPostprocessing:
 
     def process(self, pp, **args):
         pass
+
+
+class FlippedCopies(ScriptPostprocessing):
+    """extensions-builtin/postprocessing-for-training's "Create flipped copies" (order 4030, after
+    LAFR's 2100): appends a mirrored copy of the image it gets to pp.extra_images."""
+
+    name = "Create flipped copies"
+    order = 4030
+
+    def process(self, pp, enable=False):
+        if enable:
+            pp.extra_images.append(pp.image.transpose(Image.Transpose.FLIP_LEFT_RIGHT))
+
+
+def run_extras(image, scripts_and_args) -> tuple[list, str]:
+    """One Extras run the way A1111 v1.10.1 does it (postprocessing.run_postprocessing inside
+    call_queue.wrap_gradio_call): every script's process(pp, **args) in order on one
+    PostprocessedImage (ScriptPostprocessingRunner.run, which catches nothing), then the gallery
+    gets the image and its extra images and the infotext is pp.info joined by ", ". An exception
+    from any script ends the whole run: the webui prints it and returns an EMPTY gallery."""
+    pp = PostprocessedImage(image)
+    try:
+        for script, args in sorted(scripts_and_args, key=lambda item: item[0].order):
+            script.process(pp, **args)
+    except Exception:  # noqa: BLE001 - call_queue.wrap_gradio_call_no_job: errors.report(...), then no images
+        traceback.print_exc()
+        return [], ""
+    infotext = ", ".join(k if k == v else f"{k}: {v}" for k, v in pp.info.items() if v is not None)
+    return [pp.image, *pp.extra_images], infotext
 
 
 def _module(name: str, **attrs) -> types.ModuleType:

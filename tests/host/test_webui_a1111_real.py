@@ -58,4 +58,4 @@ def test_extras_runner_writes_info_and_api_none_means_off(run):
 def test_an_sd15_checkpoint_is_refused_with_one_message(run):
     checks, stderr = run
     assert checks["sd15_unchanged"] == "True"
-    assert stderr.count("[LAFR] LAFR cannot use the loaded checkpoint pretend-sd15.safetensors") == 1
+    assert stderr.count("[LAFR] the loaded checkpoint pretend-sd15.safetensors: LAFR needs") == 1
