@@ -1,6 +1,9 @@
-"""Helpers to use a real ComfyUI checkout (COMFYUI_DIR) from tests: import it as a library,
-load this pack the way ComfyUI does (a package under another name), build SD2.x stand-ins.
-Skipped when COMFYUI_DIR is unset, so CI stays offline and ComfyUI-free."""
+"""Helpers to use a real ComfyUI checkout from tests: import it as a library, load this pack the
+way ComfyUI does (a package under another name), build SD2.x stand-ins.
+
+Which ComfyUI: COMFYUI_DIR, else the ComfyUI this pack is installed in (the repository sits in
+ComfyUI/custom_nodes/, as for a user running the tests from their own install). Without either
+the host tests skip, so the plain test command stays ComfyUI-free."""
 
 from __future__ import annotations
 
@@ -12,8 +15,20 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
-needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run host tests")
+
+
+def find_comfyui(repo: Path = REPO, environ=os.environ) -> str | None:
+    """COMFYUI_DIR, else the ComfyUI whose custom_nodes/ holds `repo`; None when neither."""
+    if environ.get("COMFYUI_DIR"):
+        return environ["COMFYUI_DIR"]
+    home = repo.parent.parent
+    if repo.parent.name == "custom_nodes" and (home / "main.py").is_file() and (home / "comfy").is_dir():
+        return str(home)
+    return None
+
+
+COMFYUI_DIR = find_comfyui()
+needs_comfyui = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout (or install the pack in ComfyUI/custom_nodes) to run host tests")
 
 
 def import_comfy():

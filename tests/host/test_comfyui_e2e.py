@@ -31,6 +31,7 @@ from conftest import DATA_DIR, build_unet, sd21_unet_config  # noqa: E402
 pytestmark = needs_comfyui
 PACK_PARTS = ("__init__.py", "nodes", "lafr_core", "web", "example_workflows", "pyproject.toml", "requirements.txt")
 CKPT, SD15_CKPT, LAFR, IMAGE = "v2-1_512-ema-pruned.safetensors", "sd15_stand_in.safetensors", "lafr.safetensors", "portrait.png"
+VPRED_CKPT = "v2-1_768_v_stand_in.safetensors"
 
 
 def free_port() -> int:
@@ -68,6 +69,7 @@ def write_models(base: Path) -> None:
     ckpts.mkdir(parents=True)
     save_file(sd21_ldm_checkpoint(), str(ckpts / CKPT))
     save_file(sd21_ldm_checkpoint(sd15=True), str(ckpts / SD15_CKPT))
+    save_file(sd21_ldm_checkpoint(v_prediction=True), str(ckpts / VPRED_CKPT))
     with torch.device("meta"):
         from diffusers import UNet2DConditionModel
 
@@ -120,7 +122,9 @@ def server(tmp_path_factory):
     Image.open(DATA_DIR / "astronaut.png").convert("RGB").save(base / "input" / IMAGE)
     port = free_port()
     log = open(base / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+    # --disable-smart-memory: ComfyUI unloads every model it may at each load (the memory cases
+    # of test_comfyui_library, here through the server's own executor)
+    proc = subprocess.Popen([sys.executable, "main.py", "--cpu", "--disable-smart-memory", "--listen", "127.0.0.1", "--port", str(port),
                              "--base-directory", str(base)], cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
@@ -162,16 +166,17 @@ def test_example_workflow_runs_and_saves_an_image(server, workflow):
     assert Image.open(path).size == Image.open(base / "input" / IMAGE).size
 
 
-def test_sd15_checkpoint_is_refused_with_our_message(server):
+@pytest.mark.parametrize("checkpoint, found", [(SD15_CKPT, "it is sd1.x"), (VPRED_CKPT, "it predicts v")])
+def test_wrong_checkpoint_is_refused_with_our_message(server, checkpoint, found):
     port, _, info = server
     prompt = ui_to_api(json.loads((REPO / "example_workflows" / "LAFR_restore_faces.json").read_text()), info)
     loader = next(k for k, v in prompt.items() if v["class_type"] == "CheckpointLoaderSimple")
-    prompt[loader]["inputs"]["ckpt_name"] = SD15_CKPT
+    prompt[loader]["inputs"]["ckpt_name"] = checkpoint
     result = run_prompt(port, prompt)
     assert result["status"]["status_str"] == "error"
     errors = [m[1] for m in result["status"]["messages"] if m[0] == "execution_error"]
     assert errors and "LAFR needs Stable Diffusion 2.1-base" in errors[0]["exception_message"]
-    assert "it is sd1.x" in errors[0]["exception_message"]
+    assert found in errors[0]["exception_message"]
 
 
 PLAYWRIGHT_DIR = os.environ.get("PLAYWRIGHT_NODE_MODULES")  # a node_modules with playwright-core
