@@ -37,13 +37,18 @@ class BaseModelInfo:
     context_dim: int | None
     in_channels: int | None
 
-    def describe(self) -> str:
-        parts = [self.family]
+    def describe(self, omit: frozenset[str] = frozenset()) -> str:
+        """The known facts, comma-separated; `omit` leaves out "family", "channels" or
+        "prediction" (a refusal that already said them does not repeat them)."""
+        parts = []
+        if "family" not in omit and self.family != "unknown":
+            parts.append(self.family)
         if self.context_dim:
             parts.append(f"cross-attention {self.context_dim}")
-        if self.in_channels:
+        if self.in_channels and "channels" not in omit:
             parts.append(f"{self.in_channels}-channel input")
-        parts.append(f"{self.prediction} prediction")
+        if "prediction" not in omit and self.prediction != "unknown":
+            parts.append(f"{self.prediction.replace('_prediction', '')} prediction")
         return ", ".join(parts)
 
 
@@ -89,18 +94,23 @@ def identify_diffusers_config(unet_config: Mapping, scheduler_config: Mapping | 
 
 def require_sd2_epsilon(info: BaseModelInfo, source: str) -> None:
     """Raise BaseModelError naming `source` and what it is, unless it is SD2.x eps 4-channel."""
-    problems = []
+    problems, said = [], set()
     if info.family != "sd2.x":
-        problems.append(f"it is {info.family}")
+        problems.append(f"it is {info.family}" if info.family != "unknown" else "it is no Stable Diffusion model LAFR knows")
+        said.add("family")
     if info.in_channels not in (None, 4):
         problems.append(f"its UNet takes {info.in_channels} input channels (an inpainting or depth model?)")
+        said.add("channels")
     if info.prediction == "v_prediction":
         problems.append("it predicts v (a 768-v model)")
+        said.add("prediction")
     elif info.prediction not in ("epsilon", "unknown"):
         problems.append(f"it uses {info.prediction} sampling")
+        said.add("prediction")
     if problems:
+        details = info.describe(frozenset(said))
         raise BaseModelError(
             f"{source}: LAFR needs Stable Diffusion 2.1-base (SD2.x, 4-channel, epsilon prediction), "
-            f"but {' and '.join(problems)} ({info.describe()}). Load an SD2.1-base checkpoint, "
+            f"but {' and '.join(problems)}{f' ({details})' if details else ''}. Load an SD2.1-base checkpoint, "
             f"e.g. v2-1_512-ema-pruned.safetensors or stabilityai/stable-diffusion-2-1-base."
         )

@@ -28,7 +28,7 @@ def test_check_base_checkpoint_identifies_families(tmp_path):
     header_checkpoint(tmp_path / "inpaint.safetensors", 1024, in_channels=9)
     assert check_base_checkpoint(tmp_path / "sd21.safetensors").startswith("ok: sd2.x")
     assert "not usable by LAFR (sd1.x" in check_base_checkpoint(tmp_path / "sd15.safetensors")
-    assert "v_prediction" in check_base_checkpoint(tmp_path / "v.safetensors")
+    assert "sd2.x, cross-attention 1024, 4-channel input, v prediction" in check_base_checkpoint(tmp_path / "v.safetensors")
     assert "9-channel input" in check_base_checkpoint(tmp_path / "inpaint.safetensors")
     (tmp_path / "junk.safetensors").write_bytes(b"junk")
     assert check_base_checkpoint(tmp_path / "junk.safetensors").startswith("unreadable")

@@ -163,9 +163,6 @@ def test_other_checkpoints_are_refused_once_and_images_pass_through(ready, famil
     assert found in err and "SD2.1-base" in err and other.sd_checkpoint_info.title in err
 
 
-@pytest.mark.xfail(strict=True, reason="the repetition is built by lafr_core/base_model.py require_sd2_epsilon "
-                   "(its parenthesis repeats BaseModelInfo.describe()'s family and prediction); "
-                   "lafr_webui may not edit lafr_core: see the note in that commit")
 @pytest.mark.parametrize("family, parameterization, facts", [
     ("sd1", "eps", ["sd1.x", "cross-attention 768", "tiny-sd1-eps.safetensors"]),
     ("sd2", "v", ["predicts v", "cross-attention 1024", "tiny-sd2-v.safetensors"]),
