@@ -51,6 +51,8 @@ def describe_lafr(weights: LafrWeights) -> list[tuple[str, str]]:
     meta = weights.meta
     rows = [
         ("format", meta["lafr.format"]),
+        ("what", describe_what(weights)),
+        ("needs", describe_needs(weights)),
         ("base", f"{meta['lafr.base']} ({meta['lafr.prediction']}, timestep {weights.timestep})"),
         ("latent scale", f"{weights.latent_scale:g}"),
         ("stages", weights.stages),
@@ -60,10 +62,47 @@ def describe_lafr(weights: LafrWeights) -> list[tuple[str, str]]:
         ("prompt_embeds", _describe_prompt_embeds(weights)),
         ("trainer", _describe_trainer(meta)),
     ]
+    if meta["lafr.format"] != "1":
+        rows += [
+            ("replaced", ", ".join(weights.replaced_layers) or "none"),
+            ("vae lora", _describe_vae_lora(weights)),
+            ("latent", weights.latent_rule + (f" (seed {weights.latent_seed})" if weights.latent_rule == "sample" else "")),
+            ("colour fix", weights.colour_fix),
+            ("source", meta.get("lafr.source", "(not recorded)")),
+            ("licence", meta.get("lafr.licence", "(not recorded)")),
+        ]
     others = sorted(k for k in meta if not k.startswith("lafr."))
     if others:
         rows.append(("other metadata", ", ".join(others)))
     return rows
+
+
+def describe_what(weights: LafrWeights) -> str:
+    """One line: which engine and which parts, e.g. "LAFR stage 1+2 (adapter + UNet LoRA)"."""
+    if weights.engine != "lafr":
+        return f"{weights.engine_label}, converted from its published checkpoint"
+    parts = {"1": "adapter only", "2": "UNet LoRA + prompt", "1+2": "adapter + UNet LoRA + prompt"}
+    return f"LAFR stage {weights.stages} ({parts[weights.stages]})"
+
+
+def describe_needs(weights: LafrWeights) -> str:
+    """What a host must have to run the file."""
+    if weights.engine == "lafr" and weights.prompt_embeds is None:
+        return "SD2.1-base's VAE for the adapter; the UNet step needs a stage-2 ('2' or '1+2') file"
+    needs = "SD2.1-base (512, epsilon): its UNet and VAE"
+    if weights.has_vae_lora:
+        needs += " (the VAE encoder with the file's LoRA)"
+    if weights.prompt_embeds is None:
+        needs += f"; and its text encoder for the prompt {weights.prompt!r} (no prompt embedding stored)"
+    return needs
+
+
+def _describe_vae_lora(weights: LafrWeights) -> str:
+    if not weights.vae_lora:
+        return "none"
+    layers = sum(1 for k in weights.vae_lora if k.endswith(".alpha"))
+    params = sum(v.numel() for k, v in weights.vae_lora.items() if k.endswith(".weight"))
+    return f"{_count(layers, 'layer')} (encoder), {params:,} parameters, rank {weights.vae_lora_rank}, alpha {weights.vae_lora_alpha:g}"
 
 
 def _describe_adapter(weights: LafrWeights) -> str:
@@ -130,12 +169,82 @@ def run_restore(args: argparse.Namespace) -> int:
     return restore_main(args)
 
 
+# --------------------------------------------------------------------------- convert
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", type=Path, metavar="PKL", help="OSEDiff's osediff_face.pkl (faces) or osediff.pkl (general photos)")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="the .safetensors to write, or a folder (default: beside the .pkl, same name); e.g. ComfyUI/models/lafr/")
+    parser.add_argument("--base", default=None,
+                        help="SD2.1-base as a diffusers folder (text_encoder/, tokenizer/) or hub id: stores the prompt's embedding. "
+                             "Without it the file keeps only the prompt text and each host encodes it with its own SD2.1 text encoder")
+    parser.add_argument("--prompt-embeds", type=Path, default=None,
+                        help="a .safetensors with a precomputed 'prompt_embeds' [1, 77, 1024] for --prompt (e.g. another LAFR file)")
+    parser.add_argument("--engine", choices=["auto", "osediff-face", "osediff"], default="auto",
+                        help="what the checkpoint restores (auto: 'face' in the file name means osediff-face)")
+    parser.add_argument("--prompt", default=None,
+                        help="the prompt text (default: OSEDiff's template with fixed tags, e.g. 'face, close-up, portrait, ,')")
+    parser.add_argument("--latent", choices=["mode", "sample"], default="mode",
+                        help="VAE latent: the posterior mode (default; what every host's VAE gives) or a seeded draw as OSEDiff does")
+    parser.add_argument("--seed", type=int, default=None, help="the seed of the draw with --latent sample")
+    parser.add_argument("--colour-fix", choices=["adain", "wavelet", "none"], default="adain",
+                        help="the default colour fix hosts apply to the restored crop (OSEDiff's default: adain)")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Convert an OSEDiff .pkl into a LAFR format-2 file; exit 1 with one message when it cannot."""
+    from .osediff import OSEDiffCheckpointError, convert, default_prompt, engine_from_name
+
+    src = args.checkpoint
+    dst = args.output or src.with_suffix(".safetensors")
+    if dst.is_dir():
+        dst = dst / (src.stem + ".safetensors")
+    engine = engine_from_name(src) if args.engine == "auto" else args.engine
+    prompt = args.prompt if args.prompt is not None else default_prompt(engine)
+    try:
+        if args.latent == "sample" and args.seed is None:
+            raise ValueError("--latent sample needs --seed N: the draw must be repeatable")
+        if dst.suffix != ".safetensors":
+            raise ValueError(f"the output '{dst}' must end in .safetensors")
+        embeds = _convert_prompt_embeds(args, prompt)
+        path = convert(src, dst, engine=engine, prompt=prompt, prompt_embeds=embeds, latent=args.latent,
+                       seed=args.seed, colour_fix=args.colour_fix)
+    except (OSEDiffCheckpointError, LafrFileError, ValueError, OSError) as exc:
+        print(f"lafr convert: {exc}", file=sys.stderr)
+        print("Nothing was written.", file=sys.stderr)
+        return 1
+    weights = load_lafr(path)
+    print(f"{src} -> {path}: valid LAFR file")
+    print("\n".join(f"  {label + ':':<15} {value}" for label, value in describe_lafr(weights)))
+    if weights.prompt_embeds is None:
+        print("  note: no prompt embedding stored (no --base): each host encodes the prompt with its own "
+              "SD2.1 text encoder; the standalone CLI needs --base to do so")
+    return 0
+
+
+def _convert_prompt_embeds(args: argparse.Namespace, prompt: str):
+    if args.prompt_embeds is not None:
+        from safetensors import safe_open
+
+        with safe_open(str(args.prompt_embeds), framework="pt") as handle:
+            if "prompt_embeds" not in handle.keys():
+                raise ValueError(f"'{args.prompt_embeds}' has no 'prompt_embeds' tensor")
+            return handle.get_tensor("prompt_embeds").float()
+    if args.base is None:
+        return None
+    from .text_encoder import encode_prompt
+
+    return encode_prompt(args.base, prompt)
+
+
 # --------------------------------------------------------------------------- registry and entry
 
 COMMANDS: dict[str, Command] = {
     "info": Command("check LAFR files and describe what they hold", add_info_arguments, run_info),
     "doctor": Command("report devices, versions and the models this machine has", add_doctor_arguments, run_doctor),
     "restore": Command("restore the faces in photos: detect, align, LAFR, paste back", add_restore_arguments, run_restore),
+    "convert": Command("convert OSEDiff's osediff_face.pkl / osediff.pkl into a LAFR file", add_convert_arguments, run_convert),
 }
 
 

@@ -5,6 +5,25 @@ Tensors: `adapter.*` (the LatentAligner state dict), the conv LoRA in kohya/LDM 
 own LoRA loaders read too) and `prompt_embeds` (1x77x1024, the fixed prompt through the real SD2.1
 text encoder, so no host ever loads CLIP). String metadata `lafr.*` says what the file is for.
 
+Format 2 (the same file for other one-step SD2.1-base engines, first OSEDiff, converted by
+`lafr_core.osediff`) adds, all optional for LAFR itself:
+  * `lafr.engine`: "lafr", "osediff-face" or "osediff" (general photos);
+  * full-weight replacements `lora_unet_<ldm module>.set_weight | .set_bias`: the tensor REPLACES
+    the base model's (ComfyUI's `load_lora` reads `.set_weight` as a "set" patch; the bias is a
+    "set" patch a host adds by name). A replaced module carries no LoRA: ComfyUI keeps one patch
+    per weight per `load_lora` call, so a LoRA beside a `.set_weight` would be dropped silently;
+    the converter folds such a LoRA into the replacement instead;
+  * a VAE-encoder LoRA `lora_vae.<LDM VAE module>.lora_down.weight | .lora_up.weight | .alpha`
+    (module names as inside `first_stage_model`, e.g. `encoder.down.0.block.0.conv1`,
+    `quant_conv`; attention projections as 1x1 convs, as LDM stores them), with
+    `lafr.vae_lora_rank` / `lafr.vae_lora_alpha`;
+  * `lafr.latent` ("mode", or "sample" with the integer `lafr.latent_seed`), `lafr.colour_fix`
+    ("none", "adain", "wavelet"), `lafr.source` and `lafr.licence`;
+  * a file of another engine may leave out `prompt_embeds`: `lafr.prompt` is then the text a host
+    encodes with its own SD2.1 text encoder.
+`save_lafr` writes the lowest version that holds the content (a LAFR trainer file stays format
+1, readable by older ComfyUI-LAFR); the loader reads both.
+
 Why we parse the header ourselves before safetensors sees the file: users pick files from a
 folder by name, so the common failures are a wrong file (a .ckpt, an SD checkpoint, a plain LoRA,
 an image) or a half-downloaded one. safetensors' own errors ("MetadataIncompleteBuffer") do not
@@ -35,7 +54,8 @@ from safetensors.torch import save as safetensors_save
 
 from .adapter import AlignerConfig, LatentAligner
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # the newest version this code reads and writes
+READABLE_FORMATS = ("1", "2")
 BASE_MODEL = "sd2.1-base"
 PREDICTION = "epsilon"
 DEFAULT_TIMESTEP = 999
@@ -43,11 +63,30 @@ DEFAULT_LATENT_SCALE = 0.18215
 DEFAULT_PROMPT = "face, high quality"
 PROMPT_EMBEDS_SHAPE = (1, 77, 1024)  # SD2.1's OpenCLIP-H text encoder: 77 tokens x 1024
 STAGES = ("1", "2", "1+2")
+ENGINES = {
+    "lafr": "LAFR",
+    "osediff-face": "OSEDiff-face (one-step face restoration)",
+    "osediff": "OSEDiff (general photos)",
+}
+LATENT_RULES = ("mode", "sample")  # VAE posterior mode, or a draw from it with lafr.latent_seed
+COLOUR_FIXES = ("none", "adain", "wavelet")
 
 ADAPTER_PREFIX = "adapter."
 PROMPT_KEY = "prompt_embeds"
 LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 _LORA_KEY = re.compile(r"^(lora_unet_\w+)(\.lora_down\.weight|\.lora_up\.weight|\.alpha)$")
+SET_SUFFIXES = (".set_weight", ".set_bias")
+_SET_KEY = re.compile(r"^(lora_unet_\w+)(\.set_weight|\.set_bias)$")
+VAE_LORA_PREFIX = "lora_vae."
+_VAE_LORA_KEY = re.compile(r"^(lora_vae\.[\w.]+?)(\.lora_down\.weight|\.lora_up\.weight|\.alpha)$")
+
+# Format-2 metadata: only a format-2 file may carry them; `lafr.engine` is required there.
+FORMAT2_META = (
+    "lafr.engine", "lafr.latent", "lafr.latent_seed", "lafr.colour_fix", "lafr.source", "lafr.licence",
+    "lafr.vae_lora_rank", "lafr.vae_lora_alpha",
+)
+# What a file of another engine must record (where it came from, under which licence, how to run it).
+FOREIGN_ENGINE_META = ("lafr.latent", "lafr.colour_fix", "lafr.source", "lafr.licence")
 
 # What save_lafr always writes; the loader requires each of them.
 REQUIRED_META = (
@@ -106,6 +145,8 @@ class LafrWeights:
     kohya_lora: dict[str, torch.Tensor] | None
     prompt_embeds: torch.Tensor | None
     meta: dict[str, str] = field(default_factory=dict)
+    unet_set: dict[str, torch.Tensor] | None = None  # `lora_unet_<m>.set_weight|.set_bias` (format 2)
+    vae_lora: dict[str, torch.Tensor] | None = None  # `lora_vae.<m>.lora_down.weight|...` (format 2)
 
     @property
     def stages(self) -> str:
@@ -156,6 +197,49 @@ class LafrWeights:
         """`lafr.trainer` parsed (version, steps, data size); {} when absent."""
         return json.loads(self.meta.get("lafr.trainer", "{}"))
 
+    @property
+    def engine(self) -> str:
+        """"lafr" (every format-1 file), "osediff-face" or "osediff"."""
+        return self.meta.get("lafr.engine", "lafr")
+
+    @property
+    def engine_label(self) -> str:
+        return ENGINES[self.engine]
+
+    @property
+    def latent_rule(self) -> str:
+        """"mode" (the VAE posterior mode) or "sample" (a draw seeded with `latent_seed`)."""
+        return self.meta.get("lafr.latent", "mode")
+
+    @property
+    def latent_seed(self) -> int | None:
+        value = self.meta.get("lafr.latent_seed")
+        return int(value) if value is not None else None
+
+    @property
+    def colour_fix(self) -> str:
+        """The engine's default colour fix of the restored crop ("none" for LAFR)."""
+        return self.meta.get("lafr.colour_fix", "none")
+
+    @property
+    def has_vae_lora(self) -> bool:
+        return bool(self.vae_lora)
+
+    @property
+    def vae_lora_rank(self) -> int | None:
+        value = self.meta.get("lafr.vae_lora_rank")
+        return int(value) if value is not None else None
+
+    @property
+    def vae_lora_alpha(self) -> float | None:
+        value = self.meta.get("lafr.vae_lora_alpha")
+        return float(value) if value is not None else None
+
+    @property
+    def replaced_layers(self) -> list[str]:
+        """Module prefixes (`lora_unet_...`) whose weights the file replaces, sorted."""
+        return sorted(_group_keys(self.unet_set or {}, _SET_KEY))
+
 
 # --------------------------------------------------------------------------- public functions
 
@@ -167,11 +251,16 @@ def save_lafr(
     kohya_lora: dict[str, torch.Tensor] | None = None,
     prompt_embeds: torch.Tensor | None = None,
     meta: dict[str, str] | None = None,
+    unet_set: dict[str, torch.Tensor] | None = None,
+    vae_lora: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a LAFR file atomically; returns its path.
 
     The content goes through the loader's own validator first, so a file we write always loads.
-    `meta` adds or overrides metadata strings (e.g. `lafr.prompt`, `lafr.trainer` JSON).
+    `meta` adds or overrides metadata strings (e.g. `lafr.prompt`, `lafr.trainer` JSON, and for
+    another engine `lafr.engine`, `lafr.source`, ...). `unet_set` (full-weight replacements) and
+    `vae_lora` are format-2 sections (module doc). The version written is the lowest that holds
+    the content: "1" for what the LAFR trainer writes, "2" otherwise.
     Atomic because a host may list or load the models folder while the trainer exports: the file
     is written to a temp file in the same folder, fsynced, then renamed over the target.
     """
@@ -183,16 +272,18 @@ def save_lafr(
             f"save_lafr({str(path)!r}): nothing to save; pass an aligner (stage 1), "
             "a kohya_lora with prompt_embeds (stage 2), or both"
         )
-    if kohya_lora and prompt_embeds is None:
+    engine = (meta or {}).get("lafr.engine", "lafr")
+    if kohya_lora and prompt_embeds is None and engine == "lafr":
         raise ValueError(
             f"save_lafr({str(path)!r}): a LoRA needs its prompt_embeds (1x77x1024, the fixed prompt "
             "through the SD2.1 text encoder); the UNet step cannot run without them"
         )
-    tensors = _collect_tensors(aligner, kohya_lora, prompt_embeds)
+    tensors = _collect_tensors(aligner, kohya_lora, prompt_embeds, unet_set, vae_lora)
     try:
-        metadata = _build_metadata(aligner, kohya_lora, meta)
+        metadata = _build_metadata(aligner, kohya_lora, meta, vae_lora, unet_set)
         _check_content({name: _spec_of(t) for name, t in tensors.items()}, metadata)
         _check_lora_alpha_values(_lora_only(tensors), metadata)
+        _check_lora_alpha_values(_vae_lora_only(tensors), metadata, "lafr.vae_lora_alpha")
     except _Problem as problem:
         raise ValueError(f"save_lafr({str(path)!r}): refusing to write an invalid LAFR file: {problem}") from None
     _write_atomic(path, safetensors_save(tensors, metadata=metadata))
@@ -226,13 +317,18 @@ def load_lafr(
     _checked(path, _check_content, specs, metadata)
     tensors = _read_tensors(path, list(specs), device, dtype)
     kohya = _lora_only(tensors)
+    vae_lora = _vae_lora_only(tensors)
     _checked(path, _check_lora_alpha_values, kohya, metadata)
+    _checked(path, _check_lora_alpha_values, vae_lora, metadata, "lafr.vae_lora_alpha")
     aligner = _build_aligner(metadata, tensors) if _adapter_keys(tensors) else None
+    unet_set = {k: v for k, v in tensors.items() if _SET_KEY.match(k)}
     return LafrWeights(
         aligner=aligner,
         kohya_lora=kohya or None,
         prompt_embeds=tensors.get(PROMPT_KEY),
         meta=metadata,
+        unet_set=unet_set or None,
+        vae_lora=vae_lora or None,
     )
 
 
@@ -243,16 +339,19 @@ def _collect_tensors(
     aligner: LatentAligner | None,
     kohya_lora: dict[str, torch.Tensor] | None,
     prompt_embeds: torch.Tensor | None,
+    unet_set: dict[str, torch.Tensor] | None = None,
+    vae_lora: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Name every tensor; CPU, contiguous and cloned (safetensors refuses shared storage)."""
     tensors: dict[str, torch.Tensor] = {}
     if aligner is not None:
         tensors.update({ADAPTER_PREFIX + k: v for k, v in aligner.state_dict().items()})
-    if kohya_lora:
-        clash = sorted(k for k in kohya_lora if k in tensors)
-        if clash:
-            raise ValueError(f"save_lafr: kohya_lora keys collide with adapter keys: {clash[:3]}")
-        tensors.update(kohya_lora)
+    for what, section in (("kohya_lora", kohya_lora), ("unet_set", unet_set), ("vae_lora", vae_lora)):
+        if section:
+            clash = sorted(k for k in section if k in tensors)
+            if clash:
+                raise ValueError(f"save_lafr: {what} keys collide with other sections: {clash[:3]}")
+            tensors.update(section)
     if prompt_embeds is not None:
         tensors[PROMPT_KEY] = prompt_embeds
     for name, tensor in tensors.items():
@@ -265,10 +364,13 @@ def _build_metadata(
     aligner: LatentAligner | None,
     kohya_lora: dict[str, torch.Tensor] | None,
     meta: dict[str, str] | None,
+    vae_lora: dict[str, torch.Tensor] | None = None,
+    unet_set: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, str]:
-    """Defaults, then what the content implies, then the caller's strings (which must be valid)."""
+    """Defaults, then what the content implies, then the caller's strings (which must be valid).
+    The version is the lowest that holds the content (module doc)."""
     metadata = {
-        "lafr.format": FORMAT_VERSION,
+        "lafr.format": "1",
         "lafr.base": BASE_MODEL,
         "lafr.prediction": PREDICTION,
         "lafr.timestep": str(DEFAULT_TIMESTEP),
@@ -282,11 +384,22 @@ def _build_metadata(
         rank, alpha = _infer_rank_alpha(kohya_lora)
         metadata["lafr.lora_rank"] = str(rank)
         metadata["lafr.lora_alpha"] = _format_number(alpha)
+    if vae_lora:
+        rank, alpha = _infer_rank_alpha(vae_lora)
+        metadata["lafr.vae_lora_rank"] = str(rank)
+        metadata["lafr.vae_lora_alpha"] = _format_number(alpha)
     for key, value in (meta or {}).items():
         if not isinstance(key, str) or not isinstance(value, str):
             raise _Problem(f"metadata must map str to str, got {key!r}: {type(value).__name__}")
         metadata[key] = value
+    if "lafr.format" not in (meta or {}) and _needs_format_2(metadata, vae_lora or unet_set):
+        metadata["lafr.format"] = "2"
+        metadata.setdefault("lafr.engine", "lafr")
     return metadata
+
+
+def _needs_format_2(metadata: dict[str, str], extra_sections) -> bool:
+    return bool(extra_sections) or any(key in metadata for key in FORMAT2_META)
 
 
 def _infer_rank_alpha(kohya_lora: dict[str, torch.Tensor]) -> tuple[int, float]:
@@ -511,16 +624,23 @@ def _check_content(specs: dict[str, TensorSpec], meta: dict[str, str]) -> None:
     """Every rule of DESIGN §4 that header shapes and metadata can decide. Raises _Problem."""
     _check_identity(specs, meta)
     _check_scalars(meta)
-    unknown = sorted(n for n in specs if not _is_known_key(n))
+    format2 = meta["lafr.format"] == "2"
+    unknown = sorted(n for n in specs if not _is_known_key(n, format2))
     if unknown:
-        raise _Problem(
-            f"unexpected tensor {unknown[0]!r} (a LAFR file holds only 'adapter.*', 'lora_unet_*' and "
-            f"'prompt_embeds'). {_REEXPORT}"
+        kinds = (
+            "'adapter.*', 'lora_unet_*' (LoRA, .set_weight/.set_bias), 'lora_vae.*' and 'prompt_embeds'"
+            if format2 else "'adapter.*', 'lora_unet_*' and 'prompt_embeds'"
         )
+        raise _Problem(f"unexpected tensor {unknown[0]!r} (a format-{meta['lafr.format']} LAFR file holds only {kinds}). {_REEXPORT}")
+    if format2:
+        _check_engine(meta)
     stages = meta["lafr.stages"]
+    lafr_engine = meta.get("lafr.engine", "lafr") == "lafr"
     _check_adapter_section(specs, meta, required="1" in stages.split("+"))
     _check_lora_section(specs, meta, required="2" in stages.split("+"))
-    _check_prompt_section(specs, required="2" in stages.split("+"))
+    _check_prompt_section(specs, required="2" in stages.split("+") and lafr_engine)
+    _check_set_section(specs)
+    _check_vae_lora_section(specs, meta)
 
 
 def _check_identity(specs: dict[str, TensorSpec], meta: dict[str, str]) -> None:
@@ -530,12 +650,13 @@ def _check_identity(specs: dict[str, TensorSpec], meta: dict[str, str]) -> None:
             f"this safetensors file is not a LAFR file (no 'lafr.format' metadata; {_guess_content(specs)}). "
             "Choose a file exported by the LAFR trainer."
         )
-    if meta["lafr.format"] != FORMAT_VERSION:
+    if meta["lafr.format"] not in READABLE_FORMATS:
         raise _Problem(
-            f"unknown LAFR format version {meta['lafr.format']!r}; this ComfyUI-LAFR reads format "
-            f"{FORMAT_VERSION}. Update ComfyUI-LAFR or export the file again."
+            f"unknown LAFR format version {meta['lafr.format']!r}; this ComfyUI-LAFR reads formats "
+            f"{' and '.join(READABLE_FORMATS)}. Update ComfyUI-LAFR or export the file again."
         )
-    missing = [key for key in REQUIRED_META if key not in meta]
+    required = REQUIRED_META + (("lafr.engine",) if meta["lafr.format"] == "2" else ())
+    missing = [key for key in required if key not in meta]
     if missing:
         raise _Problem(f"missing metadata {missing} (every LAFR file records them). {_REEXPORT}")
     if meta["lafr.base"] != BASE_MODEL:
@@ -548,6 +669,34 @@ def _check_identity(specs: dict[str, TensorSpec], meta: dict[str, str]) -> None:
             f"this file is for {meta['lafr.prediction']!r} prediction, but LAFR needs an epsilon-prediction "
             "model (SD2.1-base, not the 768-v model). Use a LAFR file trained on SD2.1-base."
         )
+    if meta["lafr.format"] == "1":
+        newer = [key for key in FORMAT2_META if key in meta]
+        if newer:
+            raise _Problem(f"a format-1 file cannot carry {newer[0]!r} (format 2 metadata). {_REEXPORT}")
+
+
+def _check_engine(meta: dict[str, str]) -> None:
+    """Format 2: which engine, and what a file of another engine must record."""
+    engine = meta["lafr.engine"]
+    if engine not in ENGINES:
+        raise _Problem(
+            f"lafr.engine is {engine!r}; this ComfyUI-LAFR runs {sorted(ENGINES)}. Update ComfyUI-LAFR."
+        )
+    if engine != "lafr":
+        missing = [key for key in FOREIGN_ENGINE_META if key not in meta]
+        if missing:
+            raise _Problem(f"an {ENGINES[engine]} file must record {missing} (convert it again with `lafr convert`)")
+        if meta["lafr.stages"] != "2":
+            raise _Problem(f"an {ENGINES[engine]} file has lafr.stages '2' (a UNet LoRA, no adapter), not {meta['lafr.stages']!r}")
+    latent = meta.get("lafr.latent", "mode")
+    if latent not in LATENT_RULES:
+        raise _Problem(f"lafr.latent is {latent!r}; expected one of {list(LATENT_RULES)}. {_REEXPORT}")
+    if latent == "sample":
+        seed = meta.get("lafr.latent_seed")
+        if seed is None or not re.fullmatch(r"-?\d+", seed):
+            raise _Problem(f"lafr.latent is 'sample' but lafr.latent_seed is {seed!r}, not an integer: the draw must be seeded")
+    if meta.get("lafr.colour_fix", "none") not in COLOUR_FIXES:
+        raise _Problem(f"lafr.colour_fix is {meta['lafr.colour_fix']!r}; expected one of {list(COLOUR_FIXES)}. {_REEXPORT}")
 
 
 def _check_scalars(meta: dict[str, str]) -> None:
@@ -623,7 +772,7 @@ def _aligner_shapes(config: AlignerConfig) -> dict[str, tuple[int, ...]]:
 
 
 def _check_lora_section(specs: dict[str, TensorSpec], meta: dict[str, str], required: bool) -> None:
-    lora = {k: spec for k, spec in specs.items() if k.startswith("lora_unet_")}
+    lora = {k: spec for k, spec in specs.items() if _LORA_KEY.match(k)}
     stages = meta["lafr.stages"]
     if not required:
         if lora:
@@ -637,7 +786,46 @@ def _check_lora_section(specs: dict[str, TensorSpec], meta: dict[str, str], requ
         _check_lora_layer(module, parts, lora, rank)
 
 
-def _check_lora_layer(module: str, parts: set[str], lora: dict[str, TensorSpec], rank: int) -> None:
+def _check_set_section(specs: dict[str, TensorSpec]) -> None:
+    """Full-weight replacements: a .set_weight per module (.set_bias optional), no LoRA beside it."""
+    replaced = _group_keys(specs, _SET_KEY)
+    lora_modules = _group_lora_keys(specs)
+    for module, parts in sorted(replaced.items()):
+        if ".set_weight" not in parts:
+            raise _Problem(f"replacement '{module}' has .set_bias but no .set_weight. {_REEXPORT}")
+        if module in lora_modules:
+            raise _Problem(
+                f"'{module}' has both a replacement (.set_weight) and a LoRA: ComfyUI would keep only one "
+                f"of them; fold the LoRA into the replacement. {_REEXPORT}"
+            )
+        for suffix in parts:
+            spec = specs[module + suffix]
+            if spec.dtype not in _FLOAT_DTYPES:
+                raise _Problem(f"replacement tensor '{module}{suffix}' has dtype {spec.dtype}; expected a float dtype")
+        weight = specs[module + ".set_weight"]
+        bias = specs.get(module + ".set_bias")
+        if len(weight.shape) not in (2, 4) or (bias is not None and bias.shape != weight.shape[:1]):
+            raise _Problem(
+                f"replacement '{module}' has weight {list(weight.shape)} and bias "
+                f"{None if bias is None else list(bias.shape)}; expected a Linear/Conv2d weight and a [out] bias"
+            )
+
+
+def _check_vae_lora_section(specs: dict[str, TensorSpec], meta: dict[str, str]) -> None:
+    lora = {k: spec for k, spec in specs.items() if _VAE_LORA_KEY.match(k)}
+    if not lora:
+        if "lafr.vae_lora_rank" in meta or "lafr.vae_lora_alpha" in meta:
+            raise _Problem(f"lafr.vae_lora_rank/alpha are recorded but the file has no 'lora_vae.*' tensors. {_REEXPORT}")
+        return
+    rank = _meta_int(meta, "lafr.vae_lora_rank")
+    _meta_float(meta, "lafr.vae_lora_alpha")
+    for module, parts in sorted(_group_keys(lora, _VAE_LORA_KEY).items()):
+        _check_lora_layer(module, parts, lora, rank, "lafr.vae_lora_rank")
+
+
+def _check_lora_layer(
+    module: str, parts: set[str], lora: dict[str, TensorSpec], rank: int, rank_key: str = "lafr.lora_rank"
+) -> None:
     missing = [module + suffix for suffix in LORA_SUFFIXES if suffix not in parts]
     if missing:
         raise _Problem(
@@ -661,7 +849,7 @@ def _check_lora_layer(module: str, parts: set[str], lora: dict[str, TensorSpec],
     if down.shape[0] != rank or up.shape[1] != rank:
         raise _Problem(
             f"LoRA layer '{module}' has rank {down.shape[0]} (lora_down {list(down.shape)}, lora_up "
-            f"{list(up.shape)}) but lafr.lora_rank is {rank}. {_REEXPORT}"
+            f"{list(up.shape)}) but {rank_key} is {rank}. {_REEXPORT}"
         )
 
 
@@ -681,16 +869,16 @@ def _check_prompt_section(specs: dict[str, TensorSpec], required: bool) -> None:
         raise _Problem(f"'prompt_embeds' has dtype {spec.dtype}; expected a float dtype")
 
 
-def _check_lora_alpha_values(kohya: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    """Alpha tensors must agree with lafr.lora_alpha (to float32 precision: they may be stored so)."""
+def _check_lora_alpha_values(kohya: dict[str, torch.Tensor], meta: dict[str, str], alpha_key: str = "lafr.lora_alpha") -> None:
+    """Alpha tensors must agree with the recorded alpha (to float32 precision: they may be stored so)."""
     if not kohya:
         return
-    recorded = _meta_float(meta, "lafr.lora_alpha")
+    recorded = _meta_float(meta, alpha_key)
     for key, value in sorted(kohya.items()):
         if key.endswith(".alpha"):
             got = float(value.reshape(-1)[0].float())
             if not math.isclose(got, recorded, rel_tol=1e-3, abs_tol=1e-6):
-                raise _Problem(f"LoRA tensor {key!r} is {got:g} but lafr.lora_alpha is {recorded:g}. {_REEXPORT}")
+                raise _Problem(f"LoRA tensor {key!r} is {got:g} but {alpha_key} is {recorded:g}. {_REEXPORT}")
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -711,16 +899,23 @@ def _build_aligner(meta: dict[str, str], tensors: dict[str, torch.Tensor]) -> La
 
 def _group_lora_keys(keys) -> dict[str, set[str]]:
     """{'lora_unet_x': {'.lora_down.weight', ...}} for every key that matches the kohya pattern."""
+    return _group_keys(keys, _LORA_KEY)
+
+
+def _group_keys(keys, pattern: re.Pattern) -> dict[str, set[str]]:
+    """{module: {suffix, ...}} for every key that `pattern` (module, suffix) matches."""
     groups: dict[str, set[str]] = {}
     for key in keys:
-        match = _LORA_KEY.match(key)
+        match = pattern.match(key)
         if match:
             groups.setdefault(match.group(1), set()).add(match.group(2))
     return groups
 
 
-def _is_known_key(name: str) -> bool:
-    return name.startswith(ADAPTER_PREFIX) or name == PROMPT_KEY or _LORA_KEY.match(name) is not None
+def _is_known_key(name: str, format2: bool = False) -> bool:
+    if name.startswith(ADAPTER_PREFIX) or name == PROMPT_KEY or _LORA_KEY.match(name) is not None:
+        return True
+    return format2 and (_SET_KEY.match(name) is not None or _VAE_LORA_KEY.match(name) is not None)
 
 
 def _adapter_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
@@ -729,6 +924,10 @@ def _adapter_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
 
 def _lora_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in tensors.items() if _LORA_KEY.match(k)}
+
+
+def _vae_lora_only(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in tensors.items() if _VAE_LORA_KEY.match(k)}
 
 
 def _guess_content(specs: dict[str, TensorSpec]) -> str:

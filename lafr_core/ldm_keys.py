@@ -325,3 +325,76 @@ def resolve_kohya_unet_name(kohya_name: str, ldm_module_names: Iterable[str]) ->
     if resolved is None:
         raise ValueError(f"kohya name {kohya_name!r} matches no known UNet module")
     return resolved
+
+
+# --- the VAE encoder (OSEDiff's VAE LoRA) ------------------------------------------------------
+
+# diffusers ResnetBlock2D leaf -> LDM VAE ResnetBlock leaf (the VAE keeps its own leaf names).
+_VAE_RESNET_RENAMES: dict[str, str] = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "nin_shortcut",
+}
+# diffusers Attention (Linear) -> LDM AttnBlock (1x1 Conv2d): same weights, 2-D vs 4-D.
+_VAE_ATTENTION_RENAMES: dict[str, str] = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+}
+VAE_ENCODER_LEVELS = 4  # SD2.1-base's VAE: block_out_channels (128, 256, 512, 512)
+VAE_LAYERS_PER_BLOCK = 2
+
+
+@lru_cache(maxsize=4)
+def _build_vae_encoder_map(num_levels: int, layers_per_block: int) -> dict[str, str]:
+    mapping = {
+        "encoder.conv_in": "encoder.conv_in",
+        "encoder.conv_norm_out": "encoder.norm_out",
+        "encoder.conv_out": "encoder.conv_out",
+        "quant_conv": "quant_conv",
+    }
+    for level in range(num_levels):
+        for j in range(layers_per_block):
+            for leaf, ldm_leaf in _VAE_RESNET_RENAMES.items():
+                mapping[f"encoder.down_blocks.{level}.resnets.{j}.{leaf}"] = f"encoder.down.{level}.block.{j}.{ldm_leaf}"
+        if level < num_levels - 1:
+            mapping[f"encoder.down_blocks.{level}.downsamplers.0.conv"] = f"encoder.down.{level}.downsample.conv"
+    for j in range(2):
+        for leaf, ldm_leaf in _VAE_RESNET_RENAMES.items():
+            mapping[f"encoder.mid_block.resnets.{j}.{leaf}"] = f"encoder.mid.block_{j + 1}.{ldm_leaf}"
+    for leaf, ldm_leaf in _VAE_ATTENTION_RENAMES.items():
+        mapping[f"encoder.mid_block.attentions.0.{leaf}"] = f"encoder.mid.attn_1.{ldm_leaf}"
+    return mapping
+
+
+def vae_encoder_key_map(
+    num_levels: int = VAE_ENCODER_LEVELS, layers_per_block: int = VAE_LAYERS_PER_BLOCK
+) -> dict[str, str]:
+    """diffusers MODULE path -> LDM module path for the VAE encoder and ``quant_conv`` (never the
+    decoder or ``post_quant_conv``), e.g. ``encoder.down_blocks.1.resnets.0.conv_shortcut`` ->
+    ``encoder.down.1.block.0.nin_shortcut``, ``encoder.mid_block.attentions.0.to_q`` ->
+    ``encoder.mid.attn_1.q``. LDM names are those inside ``first_stage_model`` (what ComfyUI's
+    and A1111's VAE modules are called). The attention projections are Linear in diffusers and
+    1x1 Conv2d in LDM: same numbers, two more dimensions. A fresh dict is returned."""
+    return dict(_build_vae_encoder_map(int(num_levels), int(layers_per_block)))
+
+
+def vae_encoder_module_to_ldm(name: str) -> str:
+    """One diffusers VAE encoder module name -> its LDM name (exact module names only)."""
+    mapped = _build_vae_encoder_map(VAE_ENCODER_LEVELS, VAE_LAYERS_PER_BLOCK).get(name)
+    if mapped is None:
+        raise ValueError(f"diffusers VAE module {name!r} is not a VAE encoder module of SD2.1-base (or quant_conv)")
+    return mapped
+
+
+def vae_encoder_module_to_diffusers(name: str) -> str:
+    """The inverse of :func:`vae_encoder_module_to_ldm`."""
+    inverse = {ldm: d for d, ldm in _build_vae_encoder_map(VAE_ENCODER_LEVELS, VAE_LAYERS_PER_BLOCK).items()}
+    mapped = inverse.get(name)
+    if mapped is None:
+        raise ValueError(f"LDM VAE module {name!r} is not a VAE encoder module of SD2.1-base (or quant_conv)")
+    return mapped

@@ -25,6 +25,7 @@ from .ldm_keys import (
     ldm_module_to_diffusers,
     layout_from_diffusers_names,
     unet_key_map,
+    vae_encoder_module_to_diffusers,
 )
 
 # Last name component of every UNet conv LAFR trains (DESIGN.md 1: 66 Conv2d on SD2.1-base).
@@ -199,20 +200,7 @@ def merge_kohya_lora(unet: nn.Module, kohya: Mapping[str, torch.Tensor], strengt
     layers = kohya_lora_layers(kohya)
     if any(_is_peft_lora_layer(m) for m in unet.modules()):
         raise ValueError("merge_kohya_lora expects a plain UNet; this one has peft LoRA layers")
-    modules = {n: m for n, m in unet.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    ldm_names: dict[str, str] = {}
-    layout = layout_from_diffusers_names(modules)
-    for name in modules:
-        try:
-            ldm_names[diffusers_module_to_ldm(name, **layout)] = name
-        except ValueError:
-            continue  # a module without an LDM name cannot be a kohya target
-    table = kohya_unet_table(ldm_names)
-    unknown = [name for name in layers if name not in table]
-    if unknown:
-        raise ValueError(f"kohya LoRA names match no Conv2d/Linear of this UNet: {_shown(unknown)}")
-
-    targets = {name: modules[ldm_names[table[name]]].weight for name in layers}
+    targets = {name: module.weight for name, module in _kohya_modules(unet, layers, "kohya LoRA").items()}
     misfits = [
         f"{name} {(up.shape[0], *down.shape[1:])} vs weight {tuple(targets[name].shape)}"
         for name, (down, up, _) in layers.items()
@@ -226,6 +214,86 @@ def merge_kohya_lora(unet: nn.Module, kohya: Mapping[str, torch.Tensor], strengt
             weight = targets[name]
             merged = weight.float() + (strength * scale) * _delta(down, up).to(weight.device)
             weight.copy_(merged.to(weight.dtype))
+    return len(layers)
+
+
+def _kohya_modules(unet: nn.Module, kohya_names: Iterable[str], what: str) -> dict[str, nn.Module]:
+    """kohya name -> the UNet's own Conv2d/Linear it names; ValueError listing names that match none."""
+    modules = {n: m for n, m in unet.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    ldm_names: dict[str, str] = {}
+    layout = layout_from_diffusers_names(modules)
+    for name in modules:
+        try:
+            ldm_names[diffusers_module_to_ldm(name, **layout)] = name
+        except ValueError:
+            continue  # a module without an LDM name cannot be a kohya target
+    table = kohya_unet_table(ldm_names)
+    names = list(kohya_names)
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        raise ValueError(f"{what} names match no Conv2d/Linear of this UNet: {_shown(unknown)}")
+    return {name: modules[ldm_names[table[name]]] for name in names}
+
+
+def apply_kohya_replacements(unet: nn.Module, replacements: Mapping[str, torch.Tensor]) -> int:
+    """Full-weight replacements (`lora_unet_<m>.set_weight | .set_bias`, LAFR format 2) into a plain
+    diffusers-named UNet, in place; returns the modules replaced. Every shape is checked before
+    any weight changes; values are cast to the module's dtype and device."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in replacements.items():
+        base, dot, suffix = key.rpartition(".")
+        if not dot or suffix not in ("set_weight", "set_bias"):
+            raise ValueError(f"{key!r} is not a replacement key (lora_unet_<module>.set_weight or .set_bias)")
+        parts.setdefault(base, {})[suffix] = value
+    modules = _kohya_modules(unet, parts, "replacement")
+    misfits = []
+    for name, found in parts.items():
+        module = modules[name]
+        for suffix, param in (("set_weight", module.weight), ("set_bias", module.bias)):
+            if suffix in found and (param is None or tuple(found[suffix].shape) != tuple(param.shape)):
+                misfits.append(f"{name}.{suffix} {tuple(found[suffix].shape)} vs {None if param is None else tuple(param.shape)}")
+    if misfits:
+        raise ValueError(f"replacements do not fit this UNet: {'; '.join(misfits[:10])}")
+    with torch.no_grad():
+        for name, found in parts.items():
+            module = modules[name]
+            module.weight.copy_(found["set_weight"].to(module.weight))
+            if "set_bias" in found:
+                module.bias.copy_(found["set_bias"].to(module.bias))
+    return len(parts)
+
+
+def merge_vae_lora(vae: nn.Module, vae_lora: Mapping[str, torch.Tensor], strength: float = 1.0) -> int:
+    """Merge a LAFR file's VAE-encoder LoRA (`lora_vae.<LDM module>.lora_down.weight | .lora_up.weight
+    | .alpha`) into a diffusers AutoencoderKL, in place; returns the layers merged.
+
+    W += strength * (alpha/rank) * (up @ down) in float32, reshaped to W (the LDM 1x1-conv shape of
+    the attention projections becomes diffusers' Linear). All shapes are checked first."""
+    prefix = "lora_vae."
+    renamed = {}
+    for key, value in vae_lora.items():
+        if not key.startswith(prefix):
+            raise ValueError(f"{key!r} is not a VAE LoRA key (lora_vae.<module>...)")
+        renamed[KOHYA_UNET_PREFIX + key[len(prefix):]] = value  # reuse the kohya grouping and checks
+    layers = kohya_lora_layers(renamed)
+    modules = dict(vae.named_modules())
+    targets: dict[str, torch.Tensor] = {}
+    misfits = []
+    for name, (down, up, _) in layers.items():
+        diffusers_name = vae_encoder_module_to_diffusers(name[len(KOHYA_UNET_PREFIX):])
+        module = modules.get(diffusers_name)
+        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+            raise ValueError(f"VAE LoRA layer {prefix}{name[len(KOHYA_UNET_PREFIX):]} names no Conv2d/Linear of this VAE")
+        targets[name] = module.weight
+        if _delta(down, up).numel() != module.weight.numel() or up.shape[0] != module.weight.shape[0]:
+            misfits.append(f"{diffusers_name} {(up.shape[0], *down.shape[1:])} vs weight {tuple(module.weight.shape)}")
+    if misfits:
+        raise ValueError(f"VAE LoRA deltas do not fit this VAE's weights: {'; '.join(misfits[:10])}")
+    with torch.no_grad():
+        for name, (down, up, scale) in layers.items():
+            weight = targets[name]
+            delta = _delta(down, up).reshape(weight.shape).to(weight.device)
+            weight.copy_((weight.float() + (strength * scale) * delta).to(weight.dtype))
     return len(layers)
 
 

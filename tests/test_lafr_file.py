@@ -430,8 +430,8 @@ def test_not_a_lafr_file(tmp_path, tensors, match):
 
 
 def test_unknown_format_version(full_file, tmp_path):
-    path = rewrite(full_file, tmp_path / "v2.safetensors", meta={"lafr.format": "2"})
-    with pytest.raises(LafrFileError, match="unknown LAFR format version '2'; this ComfyUI-LAFR reads format 1"):
+    path = rewrite(full_file, tmp_path / "v3.safetensors", meta={"lafr.format": "3"})
+    with pytest.raises(LafrFileError, match="unknown LAFR format version '3'; this ComfyUI-LAFR reads formats 1 and 2"):
         load_lafr(path)
 
 
