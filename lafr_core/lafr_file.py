@@ -75,7 +75,6 @@ ADAPTER_PREFIX = "adapter."
 PROMPT_KEY = "prompt_embeds"
 LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
 _LORA_KEY = re.compile(r"^(lora_unet_\w+)(\.lora_down\.weight|\.lora_up\.weight|\.alpha)$")
-SET_SUFFIXES = (".set_weight", ".set_bias")
 _SET_KEY = re.compile(r"^(lora_unet_\w+)(\.set_weight|\.set_bias)$")
 VAE_LORA_PREFIX = "lora_vae."
 _VAE_LORA_KEY = re.compile(r"^(lora_vae\.[\w.]+?)(\.lora_down\.weight|\.lora_up\.weight|\.alpha)$")

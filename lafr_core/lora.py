@@ -269,7 +269,8 @@ def merge_vae_lora(vae: nn.Module, vae_lora: Mapping[str, torch.Tensor], strengt
 
     W += strength * (alpha/rank) * (up @ down) in float32, reshaped to W (the LDM 1x1-conv shape of
     the attention projections becomes diffusers' Linear). All shapes are checked first."""
-    prefix = "lora_vae."
+    from .lafr_file import VAE_LORA_PREFIX as prefix
+
     renamed = {}
     for key, value in vae_lora.items():
         if not key.startswith(prefix):

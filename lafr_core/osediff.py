@@ -49,7 +49,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .lafr_file import ENGINES, save_lafr
+from .lafr_file import ENGINES, VAE_LORA_PREFIX, save_lafr
 from .ldm_keys import diffusers_module_to_ldm, kohya_unet_name, vae_encoder_module_to_ldm
 from .sd21_modules import ModuleShape, sd21_unet_modules, sd21_vae_encoder_modules
 
@@ -295,7 +295,7 @@ def convert_sections(ckpt: OSEDiffCheckpoint) -> tuple[dict, dict, dict]:
 
     vae: dict[str, torch.Tensor] = {}
     for module in ckpt.vae_modules:
-        name = "lora_vae." + vae_encoder_module_to_ldm(module)
+        name = VAE_LORA_PREFIX + vae_encoder_module_to_ldm(module)
         down = ckpt.state_dict_vae[f"{module}.lora_A.{VAE_ADAPTER}.weight"]
         up = ckpt.state_dict_vae[f"{module}.lora_B.{VAE_ADAPTER}.weight"]
         if down.ndim == 2:  # diffusers' Linear attention projections are 1x1 convs in LDM

@@ -6,7 +6,10 @@ Hosts (ComfyUI, A1111) run their own UNet and VAE; this path loads SD2.1-base it
   * a diffusers folder (unet/, vae/, scheduler/);
   * a hub id such as "stabilityai/stable-diffusion-2-1-base" for users with internet (or a
     warm hub cache).
-The text encoder is never loaded: the prompt embedding ships in the LAFR file.
+The text encoder is never loaded for LAFR files: the prompt embedding ships in the file. A
+converted file of another engine (OSEDiff, LAFR format 2) may ship only its prompt text; its
+embedding is then computed once from the base model's text encoder (a diffusers folder or hub
+id), and its replacements, VAE-encoder LoRA and latent rule are applied here too.
 
 restore(faces): encode (posterior mode x latent_scale) -> align -> ONE pruned UNet step for the
 whole batch -> decode. fp16 on CUDA by default (bf16 on request), fp32 on CPU.
@@ -161,6 +164,8 @@ class LafrPipeline:
     unet: PrunedUNet
     aligner: LatentAligner | None
     latent_scale: float = 0.18215
+    latent_rule: str = "mode"  # the file's lafr.latent: "mode", or "sample" seeded with latent_seed
+    latent_seed: int | None = None
 
     @classmethod
     def from_pretrained(
@@ -170,10 +175,18 @@ class LafrPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         lora_strength: float = 1.0,
+        prompt_embeds: torch.Tensor | None = None,
     ) -> "LafrPipeline":
+        """`prompt_embeds` replaces the file's own; a file of another engine without one gets its
+        `lafr.prompt` encoded with `base`'s text encoder (a diffusers folder or hub id)."""
         weights = lafr if isinstance(lafr, LafrWeights) else load_lafr(lafr)
+        if prompt_embeds is None and weights.prompt_embeds is None and weights.engine != "lafr":
+            from .text_encoder import encode_prompt
+
+            prompt_embeds = encode_prompt(base, weights.prompt)
         unet, vae = load_sd21(base)
-        return cls.from_modules(unet, vae, weights, device=device, dtype=dtype, lora_strength=lora_strength)
+        return cls.from_modules(unet, vae, weights, device=device, dtype=dtype, lora_strength=lora_strength,
+                                prompt_embeds=prompt_embeds)
 
     @classmethod
     def from_modules(
@@ -184,19 +197,32 @@ class LafrPipeline:
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         lora_strength: float = 1.0,
+        prompt_embeds: torch.Tensor | None = None,
     ) -> "LafrPipeline":
-        """Merge the LoRA into `unet` (in place), prune it, move everything to device/dtype."""
-        from .lora import merge_kohya_lora
+        """Apply the file's replacements and merge its LoRA into `unet` and its VAE-encoder LoRA
+        into `vae` (both in place), prune the UNet, move everything to device/dtype."""
+        from .lora import apply_kohya_replacements, merge_kohya_lora, merge_vae_lora
 
-        if weights.prompt_embeds is None:
+        embeds = prompt_embeds if prompt_embeds is not None else weights.prompt_embeds
+        if embeds is None and weights.engine == "lafr":
             raise ValueError(
                 "this LAFR file holds only the stage-1 adapter (no LoRA / prompt embedding): the "
                 "UNet step needs a stage-2 ('2' or '1+2') file from `python -m train stage2`"
             )
+        if embeds is None:
+            raise ValueError(
+                f"this {weights.engine_label} file stores no prompt embedding: encode its prompt "
+                f"{weights.prompt!r} with SD2.1-base's text encoder (pass the base as a diffusers folder "
+                "or hub id, or convert the file again with --base)"
+            )
         device, dtype = default_device_dtype(device, dtype)
+        if weights.unet_set:
+            apply_kohya_replacements(unet, weights.unet_set)
         if weights.kohya_lora and lora_strength:
             merge_kohya_lora(unet, weights.kohya_lora, strength=lora_strength)
-        pruned = PrunedUNet.from_diffusers(unet, weights.prompt_embeds)
+        if weights.vae_lora:
+            merge_vae_lora(vae, weights.vae_lora)
+        pruned = PrunedUNet.from_diffusers(unet, embeds)
         del unet
         gc.collect()
         aligner = weights.aligner.to(device).eval() if weights.aligner is not None else None
@@ -205,6 +231,8 @@ class LafrPipeline:
             unet=pruned.to(device=device, dtype=dtype).eval(),
             aligner=aligner,
             latent_scale=weights.latent_scale,
+            latent_rule=weights.latent_rule,
+            latent_seed=weights.latent_seed,
         )
 
     @property
@@ -217,8 +245,16 @@ class LafrPipeline:
 
     @torch.no_grad()
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
-        """[b, 3, H, W] in -1..1 -> RAW latent [b, 4, H/8, W/8] (posterior mode, unscaled)."""
-        return self.vae.encode(images.to(self.device, self.dtype)).latent_dist.mode()
+        """[b, 3, H, W] in -1..1 -> RAW latent [b, 4, H/8, W/8] (unscaled): the posterior mode, or
+        with the file's "sample" rule mean + std * noise, the noise drawn on the CPU from a generator
+        seeded with latent_seed at every call (torch.manual_seed(seed) then a global draw gives the
+        same numbers, as OSEDiff's `latent_dist.sample()` does)."""
+        dist = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
+        if self.latent_rule != "sample":
+            return dist.mode()
+        generator = torch.Generator().manual_seed(int(self.latent_seed or 0))
+        noise = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype)
+        return dist.mean + dist.std * noise.to(dist.mean.device)
 
     @torch.no_grad()
     def decode_raw(self, raw: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ UNET_PATTERNS = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "
                  "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj"]  # fmt: skip
 VAE_PATTERNS = ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0"]
 ADAPTERS = ("default_encoder", "default_decoder", "default_others")
+SPECIALS = {"<|startoftext|>": 49406, "<|endoftext|>": 49407}
 
 
 def config(name: str) -> dict:
@@ -169,3 +170,21 @@ def peft_models(base_unet: torch.nn.Module, base_vae: torch.nn.Module, rank: int
         "state_dict_vae": {k: v.detach().clone() for k, v in vae.state_dict().items() if "lora" in k},
     }
     return unet.eval(), vae.eval(), ckpt
+
+
+def write_tokenizer(folder: Path) -> None:
+    """A CLIP BPE tokenizer with a character vocabulary (no merges): every lower-case word splits
+    into letters, as the real one would split unknown words; "!" is id 0, SD2.1's pad token."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {"!": 0}
+    for ch in "abcdefghijklmnopqrstuvwxyz0123456789,.-'":
+        vocab.setdefault(ch, len(vocab))
+        vocab.setdefault(ch + "</w>", len(vocab))
+    vocab.update(SPECIALS)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "!"}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({**special, "model_max_length": 77, "do_lower_case": True, "tokenizer_class": "CLIPTokenizer"})
+    )

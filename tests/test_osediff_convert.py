@@ -15,7 +15,7 @@ from lafr_core.__main__ import main
 from lafr_core.lafr_file import load_lafr
 from lafr_core.ldm_keys import diffusers_module_to_ldm, kohya_unet_name, vae_encoder_module_to_ldm
 from lafr_core.osediff import OSEDiffCheckpointError, convert, default_prompt
-from osediff_fixtures import ADAPTERS, structure_checkpoint
+from osediff_fixtures import ADAPTERS, structure_checkpoint, write_tokenizer
 
 UNET_LISTS = ("unet_lora_encoder_modules", "unet_lora_decoder_modules", "unet_lora_others_modules")
 
@@ -142,6 +142,31 @@ def test_cli_prompt_embeds_file(pkl, converted, tmp_path, capsys):
     assert main(["convert", str(pkl), "-o", str(out), "--prompt-embeds", str(embeds_file), "--prompt", "face, ,"]) == 0
     assert torch.equal(load_lafr(out).prompt_embeds, embeds)
     assert "needs:          SD2.1-base (512, epsilon): its UNet and VAE (the VAE encoder with the file's LoRA)\n" in capsys.readouterr().out
+
+
+def test_cli_base_folder_stores_the_prompt_embedding(pkl, tmp_path, capsys):
+    """--base with a diffusers folder: the prompt through ITS tokenizer (77 tokens, padded with
+    "!" = id 0 as SD2.1's) and text encoder, last hidden state, no attention mask (as OSEDiff)."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    base = tmp_path / "sd21"
+    write_tokenizer(base / "tokenizer")
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=64, num_hidden_layers=1,
+                            num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu")
+    CLIPTextModel(config).save_pretrained(base / "text_encoder")
+    out = tmp_path / "osediff_face.safetensors"
+    assert main(["convert", str(pkl), "-o", str(out), "--base", str(base)]) == 0
+    assert "no prompt embedding stored" not in capsys.readouterr().out
+
+    prompt = default_prompt("osediff-face")
+    ids = CLIPTokenizer.from_pretrained(base / "tokenizer")(prompt, padding="max_length", max_length=77, return_tensors="pt").input_ids
+    assert ids[0, 0] == 49406 and ids[0, -1] == 0 and 49407 in ids[0].tolist()
+    with torch.no_grad():
+        expected = CLIPTextModel.from_pretrained(base / "text_encoder")(ids)[0]
+    weights = load_lafr(out)
+    assert weights.prompt == prompt
+    assert torch.allclose(weights.prompt_embeds, expected, atol=1e-6)
 
 
 def test_cli_single_file_base_says_what_is_missing(pkl, tmp_path, capsys):
