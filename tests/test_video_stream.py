@@ -11,13 +11,14 @@ from video_fixtures import clip
 
 
 def busy_clip(frames=120):
-    """Two faces crossing (one missed for 3 frames there), a third appearing late, noise."""
+    """Two faces crossing at frame 60 (one missed for 3 frames before), a third appearing late,
+    noise."""
     paths = [
         lambda t: ((100 + 3.0 * t, 240.0), 80.0 + 0.2 * t),
         lambda t: ((460 - 3.0 * t, 252.0), 70.0),
         lambda t: ((320.0, 100.0), 50.0),
     ]
-    missing = {(1, t) for t in range(59, 62)} | {(2, t) for t in range(70)}
+    missing = {(1, t) for t in range(20, 23)} | {(2, t) for t in range(70)}
     return clip(paths, frames, missing=missing, noise=1.0, seed=11)
 
 
@@ -41,7 +42,7 @@ def test_stream_equals_whole_clip(sigma):
             assert torch.equal(f.faces.landmarks[i], torch.from_numpy(lm).float())
             assert torch.equal(f.faces.boxes[i], torch.from_numpy(box).float())
     observed = {(f.index, tid): obs for f in out for tid, obs in zip(f.track_ids, f.observed)}
-    assert [observed[t, 1] for t in range(58, 63)] == [True, False, False, False, True]
+    assert [observed[t, 1] for t in range(19, 24)] == [True, False, False, False, True]
 
 
 def test_frames_held_never_exceed_the_window():
@@ -109,3 +110,16 @@ def test_frames_without_faces_and_an_empty_clip():
     out = list(smooth_stream(empty))
     assert [len(f.faces) for f in out] == [0] * 5 and out[0].faces.image_sizes == ((480, 640),)
     assert list(smooth_stream([])) == []
+
+
+def test_a_face_hidden_behind_another_is_not_pasted_while_missed():
+    # face 1 passes behind face 0 and is not detected for 4 frames there
+    paths = [lambda t: ((300.0, 240.0), 90.0), lambda t: ((180 + 6.0 * t, 245.0), 80.0)]
+    missing = {(1, t) for t in range(18, 22)}
+    out = list(smooth_stream(clip(paths, 40, missing=missing)))
+    present = [1 in f.track_ids for f in out]
+    assert present == [t not in range(18, 22) for t in range(40)]  # same track before and after
+    assert {tid for f in out for tid in f.track_ids} == {0, 1}
+    # a face missed in the open is still filled in
+    alone = list(smooth_stream(clip(paths[1:], 40, missing={(0, t) for t in range(18, 22)})))
+    assert all(f.track_ids == (0,) for f in alone)

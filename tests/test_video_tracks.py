@@ -89,3 +89,18 @@ def test_frames_must_come_in_order():
     tracker.update(0, frames[0])
     with pytest.raises(ValueError, match="increasing order"):
         tracker.update(0, frames[1])
+
+
+def test_a_second_partial_detection_of_a_tracked_face_is_not_a_new_track():
+    from video_fixtures import face, frame_faces
+
+    frames = []
+    for t in range(20):
+        faces = [face((200 + 2.0 * t, 200.0), 80.0)]
+        if t in (8, 9):  # a half-face box next to the real one, as MTCNN gives for occluded faces
+            faces.append(face((200 + 2.0 * t + 25, 190.0), 40.0))
+        if t >= 12:  # a real new face, clear of the first
+            faces.append(face((420.0, 210.0), 70.0))
+        frames.append(frame_faces(faces))
+    tracks = link_tracks(frames)
+    assert [(t.id, t.start, len(t)) for t in tracks] == [(0, 0, 20), (1, 12, 8)]

@@ -37,12 +37,18 @@ from ..face.faceset import FaceSet
 from .smoothing import DEFAULT_SIGMA, fit_at, window_radius
 from .tracks import DEFAULT_MAX_GAP, FaceTracker, Observation, check_selection
 
+# A face filled in across a missed detection is left out of its frame (its track goes on) when
+# a face detected in that frame covers more than this fraction of its box: it was missed because
+# it is behind that face, and pasting it would paint it over the face in front.
+OCCLUDED_COVERAGE = 0.5
+
 
 @dataclass(frozen=True)
 class TemporalFrame:
     """One frame's smoothed faces. faces: one-image FaceSet (no affines; align_faces sets them),
     ordered by track id; track_ids and observed (False: this frame's face was interpolated
-    across a missed detection) per face; payload: what was pushed with the frame."""
+    across a missed detection) per face; payload: what was pushed with the frame. A face
+    interpolated while a detected face covers it (OCCLUDED_COVERAGE) is left out."""
 
     index: int
     faces: FaceSet
@@ -143,6 +149,9 @@ class FaceStream:
             scores.append(store[t].score)
             observed.append(store[t].observed)
         self._prune(t + 1 - self.radius)
+        keep = _not_occluded(boxes, observed)
+        ids = [i for i, k in zip(ids, keep) if k]
+        landmarks, boxes, scores, observed = ([v for v, k in zip(seq, keep) if k] for seq in (landmarks, boxes, scores, observed))
         faces = _one_image_faceset(landmarks, boxes, scores, pending)
         return TemporalFrame(t, faces, tuple(ids), tuple(observed), pending.payload)
 
@@ -155,6 +164,22 @@ class FaceStream:
             if not store:
                 del self._samples[tid]
                 del self._size_sum[tid]
+
+
+def _not_occluded(boxes: list[np.ndarray], observed: list[bool]) -> list[bool]:
+    """Per face: False for an interpolated face whose box a detected face covers by more than
+    OCCLUDED_COVERAGE (see there)."""
+    keep = []
+    for i, box in enumerate(boxes):
+        area = max((box[2] - box[0]) * (box[3] - box[1]), 1e-9)
+        covered = 0.0
+        for j, other in enumerate(boxes):
+            if j != i and observed[j] and not observed[i]:
+                w = min(box[2], other[2]) - max(box[0], other[0])
+                h = min(box[3], other[3]) - max(box[1], other[1])
+                covered = max(covered, max(w, 0.0) * max(h, 0.0) / area)
+        keep.append(covered <= OCCLUDED_COVERAGE)
+    return keep
 
 
 def _one_image_faceset(landmarks: list, boxes: list, scores: list, pending: _Pending) -> FaceSet:

@@ -15,6 +15,11 @@ track id, then the earlier detection). With a handful of faces per frame and the
 face, a pair that greedy and optimal assignment would settle differently needs two faces within
 half a face of both predictions, where no motion model can tell them apart anyway.
 
+A detection left over whose centre lies inside a live track's predicted face is dropped, not
+made a new track: a half-hidden face often gives the detector two partial boxes, and a second
+track on one face would paste it twice. A new face therefore starts its track once it is clear
+of the faces already tracked.
+
 A track not matched in a frame is "missed"; after more than `max_gap` missed frames in a row it
 ends. When it is matched again within the gap, the frames in between are filled by linear
 interpolation of landmarks, box and score (marked not observed), so every track covers a
@@ -165,8 +170,9 @@ class FaceTracker:
         self.last_frame = frame
         detections = observations_of(frame, faces)
         pairs = []
+        predictions = [track.predict(frame) for track in self.live]
         for ti, track in enumerate(self.live):
-            centre, size = track.predict(frame)
+            centre, size = predictions[ti]
             for di, det in enumerate(detections):
                 ratio = det.size / size
                 cost = float(np.linalg.norm(det.centre - centre)) / size
@@ -188,14 +194,23 @@ class FaceTracker:
         for ti, track in enumerate(self.live):
             if ti not in used_tracks:
                 track.missed += 1
+        covered = [self._inside_a_track(det, predictions) for det in detections]
         self.live = [t for t in self.live if t.missed <= self.max_gap]
         for di, det in enumerate(detections):
-            if ids[di] == -1:
+            if ids[di] == -1 and not covered[di]:
                 ids[di] = self.next_id
                 self.live.append(_LiveTrack(self.next_id, [det]))
                 added.append((self.next_id, [det]))
                 self.next_id += 1
         return ids, added
+
+
+    @staticmethod
+    def _inside_a_track(det: Observation, predictions: list[tuple[np.ndarray, float]]) -> bool:
+        """True when the detection's centre lies inside a live track's predicted face (half a
+        size from its centre): a second, partial detection of a face already tracked (MTCNN
+        gives those for a half-hidden face), not a new face."""
+        return any(bool((np.abs(det.centre - centre) < size / 2).all()) for centre, size in predictions)
 
 
 def observations_of(frame: int, faces: FaceSet) -> list[Observation]:
