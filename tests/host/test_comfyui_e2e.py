@@ -193,7 +193,7 @@ def test_frontend_shows_the_lafr_previews(server, workflow, tmp_path):
     expected = 1 if workflow == "LAFR_restore_faces.json" else 2  # split view; + face overlay
     out = subprocess.run(["node", str(REPO / "tests" / "host" / "web_screenshot.mjs"), f"http://127.0.0.1:{port}/",
                           str(REPO / "example_workflows" / workflow), str(shot), str(expected)],
-                         capture_output=True, text=True, timeout=900)
+                         capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     previews = json.loads(out.stdout.strip().splitlines()[-1])["previews"]
     assert previews == expected

@@ -33,7 +33,7 @@ try {
     const imgs = [...document.querySelectorAll(".lafr-preview img, .lafr-preview canvas")];
     return document.querySelectorAll(".lafr-preview").length >= n
       && imgs.every((el) => el.tagName === "CANVAS" || (el.complete && el.naturalWidth > 0));
-  }, expected, { timeout: 600000, polling: 1000 });
+  }, expected, { timeout: 900000, polling: 1000 });
   await page.keyboard.press("Escape"); // the first-run template browser, if it opened
   const split = await page.$(".lafr-preview img");
   if (split) { // drag-free hover: move the split left of centre, where the face is
