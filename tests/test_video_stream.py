@@ -1,7 +1,6 @@
 """lafr_core.video.stream: the streamed result equals the whole-clip one, the frames held never
 exceed the lookahead window, batch helpers round-trip into align_faces."""
 
-import numpy as np
 import pytest
 import torch
 
