@@ -9,7 +9,7 @@ no other extension uses. One job per module:
   a1111, forge the loaded model as a lafr_core.host_chain.HostModel, each webui's way
   service      one run: check the model, load the file, run the chain, progress, clean up
   settings     Settings > LAFR and the models/LAFR folder
-  images, messages, report   conversions at the host edge, messages shown once, error reports
+  images, messages, report   conversions at the host edge, messages shown once, failures (image kept)
   restorer, extras           the classes the webui instantiates (these two import `modules`)
 Everything but restorer and extras imports without the webui (its modules are imported inside
 the functions that need them), so it is tested without it. Never imports diffusers, peft,
