@@ -122,3 +122,10 @@ def test_a_face_hidden_behind_another_is_not_pasted_while_missed():
     # a face missed in the open is still filled in
     alone = list(smooth_stream(clip(paths[1:], 40, missing={(0, t) for t in range(18, 22)})))
     assert all(f.track_ids == (0,) for f in alone)
+
+
+def test_a_selected_face_hidden_behind_an_unselected_one_is_left_out():
+    paths = [lambda t: ((300.0, 240.0), 70.0), lambda t: ((180 + 6.0 * t, 245.0), 90.0)]
+    missing = {(1, t) for t in range(18, 22)}
+    out = list(smooth_stream(clip(paths, 40, missing=missing), select="largest"))
+    assert [f.track_ids for f in out] == [() if t in range(18, 22) else (0,) for t in range(40)]

@@ -125,8 +125,8 @@ class FaceStream:
         self._pending.clear()
         return ready
 
-    def _present(self, t: int) -> list[int]:
-        ids = sorted(tid for tid, store in self._samples.items() if t in store)
+    def _selected(self, ids: list[int]) -> list[int]:
+        """The tracks `select` keeps among those present in the frame (`ids`, ascending)."""
         if self.select == "all":
             return ids
         if self.select == "largest":
@@ -138,7 +138,7 @@ class FaceStream:
 
     def _emit(self, pending: _Pending) -> TemporalFrame:
         t = pending.index
-        ids = self._present(t)
+        ids = sorted(tid for tid, store in self._samples.items() if t in store)
         landmarks, boxes, scores, observed = [], [], [], []
         for tid in ids:
             store = self._samples[tid]
@@ -149,7 +149,8 @@ class FaceStream:
             scores.append(store[t].score)
             observed.append(store[t].observed)
         self._prune(t + 1 - self.radius)
-        keep = _not_occluded(boxes, observed)
+        selected = set(self._selected(ids))  # after the occlusion test, which needs every face present
+        keep = [k and tid in selected for tid, k in zip(ids, _not_occluded(boxes, observed))]
         ids = [i for i, k in zip(ids, keep) if k]
         landmarks, boxes, scores, observed = ([v for v, k in zip(seq, keep) if k] for seq in (landmarks, boxes, scores, observed))
         faces = _one_image_faceset(landmarks, boxes, scores, pending)
