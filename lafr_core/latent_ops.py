@@ -8,6 +8,7 @@ file's `lafr.latent_scale`, so the conversion is the file's own, whatever the ho
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 
@@ -27,11 +28,29 @@ def require_adapter(weights: LafrWeights, node: str = "LAFR Latent Align") -> No
 
 
 def require_unet_step(weights: LafrWeights, node: str = "LAFR Pruned UNet Step") -> None:
+    if weights.prompt_embeds is None and weights.has_lora:
+        raise MissingStageError(
+            f"{node}: this {weights.engine_label} file stores its prompt as text only ({weights.prompt!r}), "
+            f"without the embedding the UNet step needs. Encode that text with the SD2.1 text encoder you "
+            f"already have (in ComfyUI: CLIP Text Encode of your SD2.1 checkpoint into the node's "
+            f"'conditioning' input), or convert the file again with `lafr convert ... --base <SD2.1 folder>`."
+        )
     if weights.prompt_embeds is None:
         raise MissingStageError(
             f"{node}: this LAFR file (stages {weights.stages}) holds only the stage-1 adapter; the UNet "
             f"step needs a stage-2 file ('2' or '1+2') with the LoRA and the prompt embedding."
         )
+
+
+def with_prompt_embeds(weights: LafrWeights, embeds: torch.Tensor, node: str) -> LafrWeights:
+    """The same weights with another prompt embedding (a user's own text, encoded by the host's
+    SD2.1 text encoder): a shallow copy, so the cached file object is never changed."""
+    if embeds.ndim != 3 or embeds.shape[-1] != 1024:
+        raise ValueError(
+            f"{node}: the conditioning is {tuple(embeds.shape)}, not SD2.x text embeddings [1, tokens, 1024]; "
+            f"encode the prompt with the CLIP of your SD2.1-base checkpoint"
+        )
+    return dataclasses.replace(weights, prompt_embeds=embeds[:1].detach().float().cpu())
 
 
 def aligner_on(weights: LafrWeights, device: torch.device | str) -> torch.nn.Module:

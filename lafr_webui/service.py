@@ -18,7 +18,7 @@ import torch
 
 from lafr_core.base_model import BaseModelError, require_sd2_epsilon
 from lafr_core.host_chain import ChainInterrupted, FaceOptions, restore_images
-from lafr_core.lafr_file import LafrWeights, load_lafr
+from lafr_core.lafr_file import LafrFileError, LafrWeights, load_lafr
 
 from .args import RestoreArgs
 from .messages import notify, notify_once
@@ -128,6 +128,10 @@ def restore(images: torch.Tensor, args: RestoreArgs, label: str = "LAFR", file_s
     path = resolve_lafr_file(args.lafr_file, setting=file_setting)
     weights = cached_weights(path)
     name = path.name
+    if weights.engine != "lafr":  # its VAE-encoder LoRA and attention LoRA have no webui path yet
+        raise LafrFileError(
+            f"{name} is an {weights.engine_label} file; on A1111/Forge only LAFR files run for now (this one runs in "
+            f"ComfyUI and with `lafr restore`). Choose a LAFR file in {file_setting}.", path)
     options = FaceOptions(detector=args.detector, strength=args.strength, colour_correction=args.colour_correction,
                           detector_weights=detector_weights(args.detector))
     model, cleanup = _host_model(sd_model, weights, devices)

@@ -2,7 +2,7 @@
 
 from .comfy_host import register_lafr_folder
 from .face_nodes import LAFRFaceDetectAlign, LAFRFacePasteBack
-from .latent_nodes import LAFRLatentAlign, LAFRPrunedUNetStep
+from .latent_nodes import LAFRVAE, LAFRLatentAlign, LAFRPrunedUNetStep
 from .loader import LAFRLoader
 from .restore_node import LAFRRestoreFaces
 
@@ -13,6 +13,7 @@ NODE_CLASS_MAPPINGS = {
     "LAFRFaceDetectAlign": LAFRFaceDetectAlign,
     "LAFRFacePasteBack": LAFRFacePasteBack,
     "LAFRRestoreFaces": LAFRRestoreFaces,
+    "LAFRVAE": LAFRVAE,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -22,6 +23,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LAFRFaceDetectAlign": "LAFR Face Detect & Align",
     "LAFRFacePasteBack": "Face Paste Back",
     "LAFRRestoreFaces": "LAFR Restore Faces",
+    "LAFRVAE": "LAFR VAE",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_lafr_folder"]

@@ -15,7 +15,7 @@ import torch
 from ..lafr_core.base_model import BaseModelInfo, require_sd2_epsilon
 from ..lafr_core.batching import run_in_chunks
 from ..lafr_core.lafr_file import LafrWeights
-from ..lafr_core.latent_ops import require_unet_step
+from ..lafr_core.latent_ops import require_unet_step, with_prompt_embeds
 from ..lafr_core.schedule import LAFR_TIMESTEP
 
 log = logging.getLogger("ComfyUI-LAFR")
@@ -107,17 +107,71 @@ def check_model(model, node: str) -> None:
     require_sd2_epsilon(model_info(model), f"{node}: the MODEL input")
 
 
+def with_conditioning(weights: LafrWeights, conditioning, node: str) -> LafrWeights:
+    """The weights with the prompt of a CONDITIONING input (CLIP Text Encode output: a list of
+    [tensor, options]); unchanged without one."""
+    if not conditioning:
+        return weights
+    return with_prompt_embeds(weights, conditioning[0][0], node)
+
+
+def _unknown_layers(what: str, layers: set[str], key_map: dict) -> None:
+    unknown = sorted(layer for layer in layers if layer not in key_map)
+    if unknown:
+        raise ValueError(f"the {what} does not fit this MODEL: {len(unknown)} layers unknown, e.g. {unknown[:3]}")
+
+
 def lora_patches(model, weights: LafrWeights) -> dict:
-    """The LAFR LoRA as ComfyUI weight patches (comfy.lora reads kohya names); every layer must
-    map onto the MODEL, otherwise the model is not the UNet the LoRA was trained on."""
+    """The file's UNet LoRA as ComfyUI weight patches (comfy.lora reads kohya names); every layer
+    must map onto the MODEL, otherwise the model is not the UNet the LoRA was trained on."""
     import comfy.lora
 
     key_map = comfy.lora.model_lora_keys_unet(model.model, {})
-    layers = {k.rsplit(".lora_", 1)[0] for k in weights.kohya_lora if ".lora_" in k}
-    unknown = sorted(layer for layer in layers if layer not in key_map)
-    if unknown:
-        raise ValueError(f"the LAFR LoRA does not fit this MODEL: {len(unknown)} layers unknown, e.g. {unknown[:3]}")
+    _unknown_layers("LAFR LoRA", {k.rsplit(".lora_", 1)[0] for k in weights.kohya_lora if ".lora_" in k}, key_map)
     return comfy.lora.load_lora(weights.kohya_lora, key_map, log_missing=False)
+
+
+def replacement_patches(model, weights: LafrWeights) -> dict:
+    """Whole-weight replacements (OSEDiff retrains conv_in) as ComfyUI "set" patches: the
+    file's tensor is copied over the weight while the clone is patched, and the user's weight is
+    restored on unpatch. comfy.lora reads `.set_weight` itself; `.set_bias` is ours."""
+    import comfy.lora
+
+    if not weights.unet_set:
+        return {}
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    _unknown_layers("replaced layers of this file", {k.rsplit(".", 1)[0] for k in weights.unet_set}, key_map)
+    patches = {}
+    for key, tensor in weights.unet_set.items():
+        layer, kind = key.rsplit(".", 1)
+        target = key_map[layer] if kind == "set_weight" else key_map[layer].removesuffix(".weight") + ".bias"
+        patches[target] = ("set", (tensor,))
+    return patches
+
+
+def vae_with_encoder_lora(vae, weights: LafrWeights, node: str):
+    """The user's VAE, or (for a file with a VAE-encoder LoRA, as OSEDiff's) a copy of the VAE
+    object whose patcher is a CLONE carrying the LoRA as patches: ComfyUI loads and patches it at
+    each encode/decode, and the user's VAE (its own patcher) is never changed."""
+    import copy
+
+    import comfy.lora
+
+    if not weights.has_vae_lora:
+        return vae
+    key_map = {"lora_vae." + k.removesuffix(".weight"): k for k in vae.first_stage_model.state_dict() if k.endswith(".weight")}
+    layers = {k.rsplit(".lora_", 1)[0].removesuffix(".alpha") for k in weights.vae_lora}
+    try:
+        _unknown_layers("VAE-encoder LoRA", layers, key_map)
+    except ValueError as exc:
+        raise ValueError(f"{node}: {exc} (the VAE input is not SD2.1's VAE)") from None
+    patched = copy.copy(vae)
+    patched.patcher = vae.patcher.clone()
+    patched.patcher.add_patches(comfy.lora.load_lora(weights.vae_lora, key_map, log_missing=False), 1.0)
+    if weights.latent_rule != "mode":
+        log.warning("LAFR: ComfyUI's VAE encodes to the posterior mode; this file asks for a sampled latent "
+                    "(%s), so the mode is used", weights.latent_rule)
+    return patched
 
 
 class PatchedUNet:
@@ -133,11 +187,14 @@ class PatchedUNet:
     model_options."""
 
     def __init__(self, model, weights: LafrWeights, lora_strength: float, node: str) -> None:
+        require_unet_step(weights, node)  # the file first: it is what the message can fix without a model
         check_model(model, node)
-        require_unet_step(weights, node)
         self.patcher = model.clone()
         if weights.kohya_lora and lora_strength:
             self.patcher.add_patches(lora_patches(self.patcher, weights), lora_strength)
+        replacements = replacement_patches(self.patcher, weights)
+        if replacements:  # part of the model, not of the LoRA: not scaled by lora_strength
+            self.patcher.add_patches(replacements, 1.0)
         self.latent_format = self.patcher.model.latent_format
         self.sigma = self.patcher.get_model_object("model_sampling").sigmas[LAFR_TIMESTEP].float()
         self.prompt = weights.prompt_embeds

@@ -5,6 +5,9 @@ from __future__ import annotations
 from ..lafr_core.latent_ops import align_raw_latent
 from . import comfy_host
 
+CONDITIONING_INPUT = ("CONDITIONING", {"tooltip": "Optional: CLIP Text Encode of your SD2.1 checkpoint; replaces the file's prompt "
+                                                  "(OSEDiff files converted without --base need it)."})
+
 LATENT_TOOLTIP = "VAE Encode output of the aligned 512x512 face crops (raw SD latent)."
 
 
@@ -57,9 +60,35 @@ class LAFRPrunedUNetStep:
                 "latent": ("LATENT", {"tooltip": "LAFR Latent Align output (or VAE Encode output for a LoRA-only file)."}),
                 "lora_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Scale of the LAFR LoRA; 1.0 is what it was trained at."}),
                 "batch_size": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Faces per UNet forward; 0 = all at once (halved automatically on out-of-memory)."}),
+            },
+            "optional": {"conditioning": CONDITIONING_INPUT},
+        }
+
+    def step(self, model, lafr, latent: dict, lora_strength: float, batch_size: int, conditioning=None):
+        weights = comfy_host.with_conditioning(lafr, conditioning, "LAFR Pruned UNet Step")
+        x0 = comfy_host.unet_step(model, weights, latent["samples"], lora_strength, batch_size, node="LAFR Pruned UNet Step")
+        return (_with_samples(latent, x0),)
+
+
+class LAFRVAE:
+    DESCRIPTION = (
+        "Your VAE with the file's VAE-encoder LoRA (OSEDiff files have one), for VAE Encode in the three-node graph. "
+        "For LAFR files it is your VAE unchanged. Your VAE itself is never modified: the LoRA lives on a clone."
+    )
+    CATEGORY = "LAFR"
+    RETURN_TYPES = ("VAE",)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The VAE to encode the aligned faces with.",)
+    FUNCTION = "patch"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "vae": ("VAE", {"tooltip": "The VAE of your SD2.1-base checkpoint."}),
+                "lafr": ("LAFR", {"tooltip": "From LAFR Loader."}),
             }
         }
 
-    def step(self, model, lafr, latent: dict, lora_strength: float, batch_size: int):
-        x0 = comfy_host.unet_step(model, lafr, latent["samples"], lora_strength, batch_size, node="LAFR Pruned UNet Step")
-        return (_with_samples(latent, x0),)
+    def patch(self, vae, lafr):
+        return (comfy_host.vae_with_encoder_lora(vae, lafr, "LAFR VAE"),)

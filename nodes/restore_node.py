@@ -7,6 +7,7 @@ from __future__ import annotations
 from ..lafr_core.host_chain import FaceOptions, HostModel, restore_images
 from . import comfy_host
 from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, parse_select, placeholder_crops
+from .latent_nodes import CONDITIONING_INPUT
 from .ui_preview import before_after
 
 NODE = "LAFR Restore Faces"
@@ -40,11 +41,15 @@ class LAFRRestoreFaces:
                 **DETECT_INPUTS,
                 **PASTE_INPUTS,
                 "lora_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Scale of the LAFR LoRA."}),
-            }
+            },
+            "optional": {"conditioning": CONDITIONING_INPUT},
         }
 
-    def restore(self, image, model, vae, lafr, detector, threshold, min_size, select, strength, colour_correction, feather, lora_strength):
+    def restore(self, image, model, vae, lafr, detector, threshold, min_size, select, strength, colour_correction, feather, lora_strength,
+                conditioning=None):
+        lafr = comfy_host.with_conditioning(lafr, conditioning, NODE)
         unet = comfy_host.PatchedUNet(model, lafr, lora_strength, NODE)
+        vae = comfy_host.vae_with_encoder_lora(vae, lafr, NODE)
         host = HostModel(encode=vae.encode, denoise=unet.denoise, decode=vae.decode, device=comfy_host.compute_device(),
                          oom_errors=comfy_host.oom_errors(), on_oom=comfy_host.free_memory_after_oom)
         options = FaceOptions(detector=detector, threshold=threshold or None, min_size=min_size, select=parse_select(select),

@@ -22,7 +22,8 @@ CORE = {
     "SaveImage": ({"images": "IMAGE"}, [("filename_prefix", "STRING")], []),
     "PreviewImage": ({"images": "IMAGE"}, [], []),
 }
-SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "LAFR", "LAFR_FACES"}
+OPTIONAL_SOCKETS: dict[str, set[str]] = {}
+SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "LAFR", "LAFR_FACES"}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def pack():
 
 
 def node_spec(pack, node_type):
-    """(socket inputs {name: type}, widgets [(name, spec)], output types) of a node type."""
+    """(socket inputs {name: type}, widgets [(name, spec)], output types) of a node type; optional
+    sockets are in `OPTIONAL_SOCKETS[node_type]` (a workflow may leave them out or unwired)."""
     if node_type in CORE:
         return CORE[node_type]
     cls = pack.NODE_CLASS_MAPPINGS[node_type]
@@ -48,6 +50,8 @@ def node_spec(pack, node_type):
         for name, (kind, *opts) in spec.get(section, {}).items():
             if isinstance(kind, str) and kind in SOCKET_TYPES:
                 sockets[name] = kind
+                if section == "optional":
+                    OPTIONAL_SOCKETS.setdefault(node_type, set()).add(name)
             elif name == "lafr_name":
                 widgets.append((name, FILE_LIST))
             else:
@@ -99,13 +103,16 @@ def test_workflow_matches_node_definitions(pack, path):
         assert len(values) == len(widgets), f"{node['type']}: {len(values)} widget values for {[w for w, _ in widgets]}"
         for (name, spec), value in zip(widgets, values):
             check_widget(node["type"], name, spec, value)
-        assert [i["name"] for i in node["inputs"]] == list(sockets), f"{node['type']} inputs"
+        optional = OPTIONAL_SOCKETS.get(node["type"], set())
+        listed = [i["name"] for i in node["inputs"]]
+        assert listed == [name for name in sockets if name not in optional or name in listed], f"{node['type']} inputs"
         assert [o["type"] for o in node["outputs"]] == outputs, f"{node['type']} outputs"
     for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
         assert specs[src][2][src_slot] == kind, f"link {link_id}: source gives {specs[src][2][src_slot]}"
         dst_input = nodes[dst]["inputs"][dst_slot]
         assert dst_input["type"] == kind and dst_input["link"] == link_id, f"link {link_id} -> {nodes[dst]['type']}"
         assert link_id in (nodes[src]["outputs"][src_slot]["links"] or []), f"link {link_id} missing at its source"
-    for node in wf["nodes"]:  # every socket input is wired
+    for node in wf["nodes"]:  # every required socket input is wired
         for inp in node["inputs"]:
-            assert inp["link"] is not None, f"{node['type']}.{inp['name']} is not connected"
+            if inp["name"] not in OPTIONAL_SOCKETS.get(node["type"], set()):
+                assert inp["link"] is not None, f"{node['type']}.{inp['name']} is not connected"

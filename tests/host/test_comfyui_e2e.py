@@ -32,6 +32,7 @@ pytestmark = needs_comfyui
 PACK_PARTS = ("__init__.py", "nodes", "lafr_core", "web", "example_workflows", "pyproject.toml", "requirements.txt")
 CKPT, SD15_CKPT, LAFR, IMAGE = "v2-1_512-ema-pruned.safetensors", "sd15_stand_in.safetensors", "lafr.safetensors", "portrait.png"
 VPRED_CKPT = "v2-1_768_v_stand_in.safetensors"
+WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
 def free_port() -> int:
@@ -91,11 +92,13 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
         info = object_info[node["type"]]
         inputs = {}
         for inp in node["inputs"]:
+            if inp["link"] is None:  # an optional socket left unwired
+                continue
             _, src, src_slot, *_ = links[inp["link"]]
             inputs[inp["name"]] = [str(src), src_slot]
         socket_names = {i["name"] for i in node["inputs"]}
-        widget_names = [name for section in ("required", "optional") for name in info["input"].get(section, {})
-                        if name not in socket_names]
+        widget_names = [name for section in ("required", "optional") for name, spec in info["input"].get(section, {}).items()
+                        if name not in socket_names and (isinstance(spec[0], list) or spec[0] in WIDGET_KINDS)]
         for name, value in zip(widget_names, node.get("widgets_values", [])):
             inputs[name] = value
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
@@ -148,7 +151,7 @@ def test_nodes_are_registered_with_their_names(server):
     names = {k: v["display_name"] for k, v in info.items() if k.startswith("LAFR")}
     assert names == {"LAFRLoader": "LAFR Loader", "LAFRLatentAlign": "LAFR Latent Align",
                      "LAFRPrunedUNetStep": "LAFR Pruned UNet Step", "LAFRFaceDetectAlign": "LAFR Face Detect & Align",
-                     "LAFRFacePasteBack": "Face Paste Back", "LAFRRestoreFaces": "LAFR Restore Faces"}
+                     "LAFRFacePasteBack": "Face Paste Back", "LAFRRestoreFaces": "LAFR Restore Faces", "LAFRVAE": "LAFR VAE"}
     assert info["LAFRLoader"]["input"]["required"]["lafr_name"][0] == [LAFR]
     ours = [line for line in (base / "server.log").read_text().splitlines() if "ComfyUI-LAFR" in line]
     assert ours and not any("IMPORT FAILED" in line for line in ours), ours
