@@ -28,25 +28,17 @@ PROMPT_FILE = "prompt_embeds.safetensors"
 
 
 def compute_prompt_embeds(source: str, prompt: str, device: str | torch.device = "cpu") -> torch.Tensor:
-    """[1, 77, hidden] float32 CPU: the text encoder's last hidden state for `prompt`, padded to
-    the tokenizer's max length (77), as SD2.1 pipelines condition on it. Frees the encoder."""
-    from transformers import CLIPTextModel, CLIPTokenizer
+    """[1, 77, hidden] float32 CPU: lafr_core.text_encoder's encoding (the one SD2.1 pipelines
+    use), with the trainer's own advice when nothing loads. Frees the encoder."""
+    from lafr_core.text_encoder import TextEncoderUnavailable, encode_prompt
 
     try:
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")
-        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
-    except (OSError, ValueError) as err:
+        embeds = encode_prompt(source, prompt, device)
+    except TextEncoderUnavailable as err:
         raise FileNotFoundError(
-            f"cannot load SD2.1's text encoder/tokenizer from {source!r} ({type(err).__name__}: {str(err)[:200]}). "
-            "Pass --text_encoder with a diffusers SD2.1 folder (text_encoder/, tokenizer/) or a reachable hub id, "
+            f"{err}. Pass --text_encoder with a diffusers SD2.1 folder (text_encoder/, tokenizer/) or a reachable hub id, "
             "or --prompt_embeds FILE with a precomputed embedding"
         ) from None
-    length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)  # 77 for SD2.1
-    ids = tokenizer(prompt, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
-    text_encoder.to(device).eval()
-    with torch.no_grad():
-        embeds = text_encoder(ids.to(device))[0].float().cpu()
-    del text_encoder
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
