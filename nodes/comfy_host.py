@@ -209,7 +209,7 @@ class PatchedUNet:
         mm.load_models_gpu([self.patcher], memory_required=memory, minimum_memory_required=memory)
         return self.patcher.load_device
 
-    def model_options(self, sigma: torch.Tensor, n: int) -> tuple[dict, dict]:
+    def model_options(self, sigma: torch.Tensor) -> tuple[dict, dict]:
         """(model_options, transformer_options) for one call, built as samplers.py builds them:
         a copy of the patcher's options with its wrappers and callbacks merged in, so attention
         patches and APPLY_MODEL wrappers of other packs on the user's MODEL still apply."""
@@ -231,7 +231,7 @@ class PatchedUNet:
         base = self.patcher.model
         x = z_t.to(device) * math.sqrt(1.0 + float(self.sigma) ** 2)
         sigma = self.sigma.to(device).expand(n)
-        options, transformer = self.model_options(sigma, n)
+        options, transformer = self.model_options(sigma)
         c = {"c_crossattn": self.prompt.to(device).expand(n, -1, -1), "transformer_options": transformer}
         wrapper = options.get("model_function_wrapper")
         if wrapper is not None:

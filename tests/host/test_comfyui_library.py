@@ -137,8 +137,17 @@ def test_unet_step_node_keeps_its_lora_when_comfyui_unloads_between_chunks(stand
     gc.collect()
     model = comfy_sd.load_diffusion_model_state_dict(dict(base_sd))
     before = _fingerprint(model.model.diffusion_model)
+    # another pack's unet function wrapper on the user's MODEL runs around our forward too, as
+    # around a sampler's
+    wrapped = []
+
+    def wrapper(apply_model, args):
+        wrapped.append(args["input"].shape[0])
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    model.set_model_unet_function_wrapper(wrapper)
     (out,) = pack.NODE_CLASS_MAPPINGS["LAFRPrunedUNetStep"]().step(model, weights, {"samples": raw}, 1.0, 1)
-    assert forced_unloads.count("before a chunk") == 2
+    assert forced_unloads.count("before a chunk") == 2 and wrapped == [1, 1]
     assert (out["samples"] - expected).abs().max() < 2e-3
     import comfy.model_management
 
