@@ -20,13 +20,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from comfy_support import COMFYUI_DIR, REPO, needs_comfyui  # noqa: E402
-from conftest import DATA_DIR, build_unet, sd21_unet_config  # noqa: E402
+from pack_fixtures import copy_pack, write_stand_in_lafr  # noqa: E402
+from conftest import DATA_DIR  # noqa: E402
 
 pytestmark = needs_comfyui
 PACK_PARTS = ("__init__.py", "nodes", "lafr_core", "web", "example_workflows", "pyproject.toml", "requirements.txt")
@@ -49,39 +49,18 @@ def http(port: int, path: str, payload: dict | None = None, timeout: float = 30)
 
 
 def install_pack(base: Path) -> None:
-    target = base / "custom_nodes" / "ComfyUI-LAFR"
-    target.mkdir(parents=True)
-    for part in PACK_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, target / part, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, target / part)
+    copy_pack(base / "custom_nodes" / "ComfyUI-LAFR", PACK_PARTS)
 
 
 def write_models(base: Path) -> None:
     from ldm_fixtures import sd21_ldm_checkpoint
-
-    from lafr_core.adapter import AlignerConfig, LatentAligner
-    from lafr_core.lafr_file import save_lafr
-    from lafr_core.lora import add_conv_lora, lora_state_to_kohya
 
     ckpts = base / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
     save_file(sd21_ldm_checkpoint(), str(ckpts / CKPT))
     save_file(sd21_ldm_checkpoint(sd15=True), str(ckpts / SD15_CKPT))
     save_file(sd21_ldm_checkpoint(v_prediction=True), str(ckpts / VPRED_CKPT))
-    with torch.device("meta"):
-        from diffusers import UNet2DConditionModel
-
-        unet = UNet2DConditionModel(**sd21_unet_config())
-    add_conv_lora(unet)
-    gen = torch.Generator().manual_seed(0)
-    unet.to_empty(device="cpu")
-    for p in unet.parameters():
-        torch.nn.init.normal_(p, std=0.01, generator=gen)
-    save_lafr(base / "models" / "lafr" / LAFR, aligner=LatentAligner(AlignerConfig()),
-              kohya_lora=lora_state_to_kohya(unet), prompt_embeds=torch.randn(1, 77, 1024, generator=gen))
+    write_stand_in_lafr(base / "models" / "lafr" / LAFR)
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:

@@ -56,6 +56,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import DATA_DIR  # noqa: E402
+from pack_fixtures import copy_pack, write_stand_in_lafr  # noqa: E402
 
 A1111_DIR = os.environ.get("A1111_DIR")
 pytestmark = pytest.mark.skipif(not A1111_DIR, reason="set A1111_DIR to an AUTOMATIC1111 tree (and A1111_PYTHON to its python)")
@@ -174,10 +175,6 @@ def write_models(data: Path, a1111: Path, python: str) -> None:
     from safetensors.torch import save_file
 
     from ldm_fixtures import sd21_ldm_checkpoint
-    from conftest import sd21_unet_config
-    from lafr_core.adapter import AlignerConfig, LatentAligner
-    from lafr_core.lafr_file import save_lafr
-    from lafr_core.lora import add_conv_lora, lora_state_to_kohya
 
     ckpts = data / "models" / "Stable-diffusion"
     ckpts.mkdir(parents=True)
@@ -195,27 +192,11 @@ def write_models(data: Path, a1111: Path, python: str) -> None:
     indent = re.search(r"\n( *)" + re.escape(target), v1)[1]
     (ckpts / f"{SD15}.yaml").write_text(v1.replace(target, f"{target}\n{indent}params:\n{indent}  version: {clip_folder}"))
 
-    with torch.device("meta"):
-        from diffusers import UNet2DConditionModel
-
-        unet = UNet2DConditionModel(**sd21_unet_config())
-    add_conv_lora(unet)
-    unet.to_empty(device="cpu")
-    for p in unet.parameters():
-        torch.nn.init.normal_(p, std=0.01, generator=gen)
-    save_lafr(data / "models" / "LAFR" / LAFR, aligner=LatentAligner(AlignerConfig()),
-              kohya_lora=lora_state_to_kohya(unet), prompt_embeds=torch.randn(1, 77, 1024, generator=gen))
+    write_stand_in_lafr(data / "models" / "LAFR" / LAFR)
 
 
 def install_extensions(data: Path) -> None:
-    target = data / "extensions" / "ComfyUI-LAFR"
-    target.mkdir(parents=True)
-    for part in EXTENSION_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, target / part, ignore=shutil.ignore_patterns("__pycache__"))
-        elif src.exists():
-            shutil.copy2(src, target / part)
+    copy_pack(data / "extensions" / "ComfyUI-LAFR", EXTENSION_PARTS)
     stand_in = data / "extensions" / "lafr-test-sample-stand-in" / "scripts"
     stand_in.mkdir(parents=True)
     (stand_in / "sample_stand_in.py").write_text(SAMPLE_STAND_IN)
