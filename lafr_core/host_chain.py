@@ -114,13 +114,18 @@ def restore_images(
     chunk: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    faces: FaceSet | None = None,
 ) -> ChainResult:
     """Restore every face of images [B, H, W, C] float 0..1 (C in 1, 3, 4).
 
     All faces go through the VAE and ONE UNet forward together (chunk None), halved on the host's
     out-of-memory error. `should_stop()` is asked before detection and before every chunk; when it
     says stop, ChainInterrupted is raised and nothing is pasted. `progress(done, total)` counts
-    faces. No face found: the images come back unchanged (a clone), never an error."""
+    faces. No face found: the images come back unchanged (a clone), never an error.
+
+    `faces`: detections made already (e.g. lafr_core.video.temporal_faces on a frame batch, or
+    one window of a stream), used instead of detecting: they are aligned on these images, so
+    the crops and paste masks follow the given (smoothed) landmarks."""
     require_unet_step(weights, "LAFR")
     stop = should_stop or (lambda: False)
 
@@ -130,7 +135,12 @@ def restore_images(
 
     check_stop()
     pixels = images.to(host.device)
-    crops, faces = find_and_align(pixels, options)
+    if faces is None:
+        crops, faces = find_and_align(pixels, options)
+    else:
+        if faces.num_images != pixels.shape[0]:
+            raise ValueError(f"LAFR: the faces given are for {faces.num_images} images, the batch has {pixels.shape[0]}")
+        crops, faces = align_faces(pixels, faces.to(pixels.device), size=options.crop_size)
     if len(faces) == 0:
         return ChainResult(images.clone(), faces.to(images.device))
 
