@@ -33,6 +33,8 @@ class FaceSet:
     affines     [N, 2, 3] : image pixel -> crop pixel (set by align_faces)
     inverses    [N, 2, 3] : crop pixel -> image pixel (set by align_faces)
     crop_size             : side of the aligned crops the affines refer to (set by align_faces)
+    track_ids   [N] int64 : video only: the track each face belongs to across frames (0 = the first
+                            face to appear; lafr_core.video.temporal_faces sets it), else None
     """
 
     image_index: torch.Tensor
@@ -45,6 +47,7 @@ class FaceSet:
     affines: torch.Tensor | None = None
     inverses: torch.Tensor | None = None
     crop_size: int | None = None
+    track_ids: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.image_index.shape[0]
@@ -56,6 +59,8 @@ class FaceSet:
             value = getattr(self, name)
             if value is not None and tuple(value.shape) != (n, 2, 3):
                 raise ValueError(f"FaceSet.{name} must have shape {(n, 2, 3)}, got {tuple(value.shape)}")
+        if self.track_ids is not None and tuple(self.track_ids.shape) != (n,):
+            raise ValueError(f"FaceSet.track_ids must have shape {(n,)}, got {tuple(self.track_ids.shape)}")
         if self.skipped_small and len(self.skipped_small) != len(self.image_sizes):
             raise ValueError("FaceSet.skipped_small needs one count per image")
         if n and int(self.image_index.max()) >= len(self.image_sizes):
@@ -116,6 +121,7 @@ class FaceSet:
             landmarks=self.landmarks[keep],
             affines=pick(self.affines),
             inverses=pick(self.inverses),
+            track_ids=pick(self.track_ids),
         )
 
     def to(self, device: torch.device | str) -> "FaceSet":
@@ -130,10 +136,16 @@ class FaceSet:
             landmarks=self.landmarks.to(device),
             affines=move(self.affines),
             inverses=move(self.inverses),
+            track_ids=move(self.track_ids),
         )
 
     def with_affines(self, affines: torch.Tensor, inverses: torch.Tensor, crop_size: int) -> "FaceSet":
         return replace(self, affines=affines, inverses=inverses, crop_size=int(crop_size))
+
+    def with_track_ids(self, track_ids: torch.Tensor | None) -> "FaceSet":
+        """The same faces labelled with their video track ids ([N] int64; None drops them)."""
+        ids = None if track_ids is None else track_ids.to(device=self.image_index.device, dtype=torch.long)
+        return replace(self, track_ids=ids)
 
     def describe(self) -> str:
         """One line for logs and the CLI: faces per image and what was skipped."""
@@ -144,4 +156,7 @@ class FaceSet:
             text += f" ({', '.join(map(str, counts))})"
         if skipped:
             text += f", {skipped} too small skipped"
+        if self.track_ids is not None and len(self):
+            tracks = len(set(self.track_ids.tolist()))
+            text += f", {tracks} track{'s' if tracks != 1 else ''}"
         return text

@@ -9,9 +9,12 @@
 
 tracks.py links detections into tracks (constant-velocity prediction, gaps interpolated),
 smoothing.py fits a centred Gaussian-weighted line through each track's landmarks (zero lag for
-steady motion), stream.py runs both with a bounded lookahead. Host-free: torch and numpy only.
+steady motion), stream.py runs both with a bounded lookahead; frames.py is the temporal mode for
+frames already in memory (a ComfyUI IMAGE batch): detect in chunks, track, restore through
+host_chain with the smoothed faces. Host-free: torch and numpy only.
 """
 
+from .frames import DETECT_CHUNK, RESTORE_WINDOW, align_frames, detect_frames, restore_frames, track_frames
 from .smoothing import DEFAULT_SIGMA, fit_at, noise_reduction, smooth_series, window_radius
 from .stream import FaceStream, TemporalFrame, merge_frames, smooth_stream, split_frames, stream_frames, temporal_faces
 from .tracks import DEFAULT_GATE, DEFAULT_MAX_GAP, FaceTracker, Track, link_tracks, select_tracks
@@ -35,4 +38,10 @@ __all__ = [
     "DEFAULT_SIGMA",
     "DEFAULT_MAX_GAP",
     "DEFAULT_GATE",
+    "detect_frames",
+    "track_frames",
+    "align_frames",
+    "restore_frames",
+    "DETECT_CHUNK",
+    "RESTORE_WINDOW",
 ]

@@ -18,7 +18,7 @@ The result per frame is a one-image FaceSet built from the smoothed track landma
 scores, without affines: what detect_faces returns, so align_faces and paste_faces (and the
 paste mask and colour-correction statistics they derive from the landmarks) take it
 unchanged. Faces are ordered by track id (0 = the first face to appear), not by size, so a face
-keeps its slot while two faces cross; `track_ids` names them.
+keeps its slot while two faces cross; `track_ids` (of the frame and of its FaceSet) names them.
 
 The numbers equal the whole-clip computation (link_tracks, then smooth_series per track): the
 same fit_at on the same samples.
@@ -153,7 +153,7 @@ class FaceStream:
         keep = [k and tid in selected for tid, k in zip(ids, _not_occluded(boxes, observed))]
         ids = [i for i, k in zip(ids, keep) if k]
         landmarks, boxes, scores, observed = ([v for v, k in zip(seq, keep) if k] for seq in (landmarks, boxes, scores, observed))
-        faces = _one_image_faceset(landmarks, boxes, scores, pending)
+        faces = _one_image_faceset(landmarks, boxes, scores, ids, pending)
         return TemporalFrame(t, faces, tuple(ids), tuple(observed), pending.payload)
 
     def _prune(self, oldest: int) -> None:
@@ -183,10 +183,10 @@ def _not_occluded(boxes: list[np.ndarray], observed: list[bool]) -> list[bool]:
     return keep
 
 
-def _one_image_faceset(landmarks: list, boxes: list, scores: list, pending: _Pending) -> FaceSet:
+def _one_image_faceset(landmarks: list, boxes: list, scores: list, ids: list[int], pending: _Pending) -> FaceSet:
     n, device = len(landmarks), pending.device
     if n == 0:
-        return FaceSet.empty(pending.image_sizes, pending.detector, device)
+        return FaceSet.empty(pending.image_sizes, pending.detector, device).with_track_ids(torch.zeros(0, dtype=torch.long))
     return FaceSet(
         image_index=torch.zeros(n, dtype=torch.long, device=device),
         boxes=torch.from_numpy(np.stack(boxes)).float().to(device),
@@ -195,6 +195,7 @@ def _one_image_faceset(landmarks: list, boxes: list, scores: list, pending: _Pen
         image_sizes=pending.image_sizes,
         skipped_small=pending.skipped_small,
         detector=pending.detector,
+        track_ids=torch.tensor(ids, dtype=torch.long, device=device),
     )
 
 
@@ -264,6 +265,7 @@ def split_frames(faces: FaceSet) -> list[FaceSet]:
                 affines=one.affines,
                 inverses=one.inverses,
                 crop_size=faces.crop_size,
+                track_ids=one.track_ids,
             )
         )
     return out
@@ -281,6 +283,7 @@ def merge_frames(frames: Sequence[FaceSet]) -> FaceSet:
         raise ValueError(f"cannot merge FaceSets aligned at different crop sizes {sorted(sizes)}")
     device = frames[0].image_index.device
     skipped = [f.skipped_small or (0,) * f.num_images for f in frames]
+    tracked = all(f.track_ids is not None for f in frames)
     return FaceSet(
         image_index=torch.cat([f.image_index.to(device) + int(o) for f, o in zip(frames, offsets)]),
         boxes=torch.cat([f.boxes.to(device) for f in frames]),
@@ -292,6 +295,7 @@ def merge_frames(frames: Sequence[FaceSet]) -> FaceSet:
         affines=torch.cat([f.affines.to(device) for f in frames]) if aligned else None,
         inverses=torch.cat([f.inverses.to(device) for f in frames]) if aligned else None,
         crop_size=sizes.pop() if aligned else None,
+        track_ids=torch.cat([f.track_ids.to(device) for f in frames]) if tracked else None,
     )
 
 
@@ -304,8 +308,8 @@ def temporal_faces(
 ) -> tuple[FaceSet, torch.Tensor]:
     """A batch of frames' detections (ComfyUI IMAGE batch through detect_faces with
     select="all") -> (the smoothed FaceSet for the same batch, track id of each face [N]).
-    The whole batch is in memory already, so this is smooth_stream collected."""
+    The FaceSet carries the same ids in its `track_ids`. The whole batch is in memory already,
+    so this is smooth_stream collected."""
     out = list(smooth_stream(split_frames(faces), sigma=sigma, max_gap=max_gap, select=select, **tracker_options))
     merged = merge_frames([f.faces for f in out])
-    ids = torch.tensor([i for f in out for i in f.track_ids], dtype=torch.long, device=merged.image_index.device)
-    return merged, ids
+    return merged, merged.track_ids
