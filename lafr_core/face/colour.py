@@ -1,11 +1,16 @@
 """Colour correction of restored crops against the input crops, batched over faces.
 
 A one-step diffusion restorer can shift skin tone or overall brightness; pasted back, a shifted
-face shows as a patch. Two fixes, both computed in crop space before the paste:
+face shows as a patch. Three fixes, all computed in crop space before the paste:
   * "lab": match each face's per-channel mean and standard deviation in CIE LAB to the input
     face's, weighted by the face mask (so background in the crop corners does not count);
   * "wavelet": keep the restored face's high frequencies (detail) and take the low frequencies
-    (colour, shading) from the input face, as StableSR's wavelet colour fix does.
+    (colour, shading) from the input face, as StableSR's wavelet colour fix does (OSEDiff's
+    `wavelet_color_fix` is the same computation);
+  * "adain": OSEDiff's default (`adain_color_fix`, test_osediff.py): each RGB channel's mean and
+    standard deviation over the WHOLE crop made the input crop's. OSEDiff-face is trained and run
+    on aligned 512 crops, so whole-crop statistics here are exactly what its own code computes;
+    the face mask is deliberately not used.
 """
 
 from __future__ import annotations
@@ -13,13 +18,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-COLOUR_CORRECTIONS = ("none", "lab", "wavelet")
+COLOUR_CORRECTIONS = ("none", "lab", "wavelet", "adain")
 
 # sRGB (D65) <-> XYZ, IEC 61966-2-1
 _RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]])
 _WHITE_D65 = torch.tensor([0.95047, 1.0, 1.08883])
 _LAB_EPS = 216 / 24389  # CIE: (6/29)^3
 _LAB_KAPPA = 24389 / 27
+# OSEDiff's calc_mean_std (my_utils/wavelet_color_fix.py): eps added to the (unbiased) variance
+ADAIN_EPS = 1e-5
 WAVELET_LEVELS = 5  # StableSR's wavelet colour fix: dilations 1..16 -> low band below ~1/64 of a 512 crop
 
 
@@ -85,10 +92,25 @@ def transfer_low_frequency(crops: torch.Tensor, reference: torch.Tensor, levels:
     return out.clamp(0, 1).permute(0, 2, 3, 1).to(crops.dtype)
 
 
+def adain_match(crops: torch.Tensor, reference: torch.Tensor, eps: float = ADAIN_EPS) -> torch.Tensor:
+    """Each crop's RGB channels shifted and scaled to the reference crop's mean and std, whole-crop
+    statistics with the unbiased variance plus `eps` on both sides, clamped to 0..1: OSEDiff's
+    adaptive instance normalisation (computed in fp32 on floats; OSEDiff runs it on 8-bit images)."""
+    x, ref = crops.float(), reference.float()
+
+    def mean_std(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return t.mean(dim=(1, 2), keepdim=True), (t.var(dim=(1, 2), keepdim=True) + eps).sqrt()
+
+    mean, std = mean_std(x)
+    ref_mean, ref_std = mean_std(ref)
+    return ((x - mean) / std * ref_std + ref_mean).clamp(0, 1).to(crops.dtype)
+
+
 def correct_colour(crops: torch.Tensor, reference: torch.Tensor, method: str, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Colour-correct restored `crops` [N, S, S, 3] towards the input `reference` crops.
 
-    method: "none", "lab" (needs `weights` [N, S, S], the face mask) or "wavelet"."""
+    method: "none", "lab" (weighted by `weights` [N, S, S], the face mask; the whole crop without),
+    "wavelet" or "adain" (both on the whole crop, as OSEDiff and StableSR do)."""
     if method not in COLOUR_CORRECTIONS:
         raise ValueError(f"colour correction must be one of {', '.join(COLOUR_CORRECTIONS)}, got {method!r}")
     if crops.shape != reference.shape:
@@ -99,4 +121,6 @@ def correct_colour(crops: torch.Tensor, reference: torch.Tensor, method: str, we
         if weights is None:
             weights = torch.ones(crops.shape[:3], device=crops.device)
         return match_lab_mean_std(crops, reference, weights.to(crops.device))
+    if method == "adain":
+        return adain_match(crops, reference)
     return transfer_low_frequency(crops, reference)

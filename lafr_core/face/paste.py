@@ -153,8 +153,9 @@ def paste_faces(
     """Blend restored `crops` [N, S, S, 3] into `images` [B, H, W, C] at the faces' places.
 
     faces: the FaceSet align_faces returned (its affines place each crop). strength 0..1 scales
-    the mask (0 returns the images unchanged). colour_correction: "none", "lab" or "wavelet",
-    against `source_crops` (the unrestored crops; re-sampled from the images when not given).
+    the mask (0 returns the images unchanged). colour_correction: one of COLOUR_CORRECTIONS
+    ("none", "lab", "wavelet", "adain": OSEDiff's default, the `lafr.colour_fix` of converted
+    files), against `source_crops` (the unrestored crops; re-sampled from the images when not given).
     mask: "landmarks" (feathered ellipse, `feather`), "parsenet" (facexlib's face parsing of the
     restored crops; weights file or folder `mask_weights`, else the face-model folders) or a
     tensor [N, S, S] of crop-space masks. antialias: blur crops that shrink on the way back.
