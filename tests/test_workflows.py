@@ -17,12 +17,14 @@ FILE_LIST = "<files>"  # a combo filled from the user's model folder: any file n
 CORE = {
     "LoadImage": ({}, [("image", FILE_LIST), ("upload", ["image"])], ["IMAGE", "MASK"]),
     "CheckpointLoaderSimple": ({}, [("ckpt_name", FILE_LIST)], ["MODEL", "CLIP", "VAE"]),
+    "CLIPTextEncode": ({"clip": "CLIP"}, [("text", "STRING")], ["CONDITIONING"]),
     "VAEEncode": ({"pixels": "IMAGE", "vae": "VAE"}, [], ["LATENT"]),
     "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, [], ["IMAGE"]),
     "SaveImage": ({"images": "IMAGE"}, [("filename_prefix", "STRING")], []),
     "PreviewImage": ({"images": "IMAGE"}, [], []),
 }
 OPTIONAL_SOCKETS: dict[str, set[str]] = {}
+OPTIONAL_WIDGETS: dict[str, set[str]] = {}  # a workflow saved before they existed leaves them out (at the end)
 SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "LAFR", "LAFR_FACES"}
 
 
@@ -56,6 +58,8 @@ def node_spec(pack, node_type):
                 widgets.append((name, FILE_LIST))
             else:
                 widgets.append((name, (kind, opts[0] if opts else {})))
+            if section == "optional" and not (isinstance(kind, str) and kind in SOCKET_TYPES):
+                OPTIONAL_WIDGETS.setdefault(node_type, set()).add(name)
     return sockets, widgets, list(cls.RETURN_TYPES)
 
 
@@ -78,13 +82,15 @@ def check_widget(node_type, name, spec, value):
                 assert float(value).is_integer(), where
         elif kind == "STRING":
             assert isinstance(value, str), where
+        elif kind == "BOOLEAN":
+            assert isinstance(value, bool), where
         else:
             raise AssertionError(f"unknown widget kind {kind} for {where}")
 
 
-def test_there_are_two_examples_and_they_use_the_user_facing_nodes():
+def test_there_are_three_examples_and_they_use_the_user_facing_nodes():
     names = {p.name for p in WORKFLOWS}
-    assert {"LAFR_restore_faces.json", "LAFR_three_nodes.json"} <= names
+    assert {"LAFR_restore_faces.json", "LAFR_three_nodes.json", "LAFR_osediff_face.json"} <= names
     explicit = json.loads((REPO / "example_workflows" / "LAFR_three_nodes.json").read_text())
     assert {"LAFRLatentAlign", "LAFRPrunedUNetStep", "LAFRFacePasteBack"} <= {n["type"] for n in explicit["nodes"]}
 
@@ -100,7 +106,9 @@ def test_workflow_matches_node_definitions(pack, path):
         assert node["type"] in CORE or node["type"] in pack.NODE_CLASS_MAPPINGS, f"unknown node type {node['type']}"
         sockets, widgets, outputs = specs[node["id"]] = node_spec(pack, node["type"])
         values = node.get("widgets_values", [])
-        assert len(values) == len(widgets), f"{node['type']}: {len(values)} widget values for {[w for w, _ in widgets]}"
+        left_out = [w for w, _ in widgets[len(values):]]
+        assert len(values) <= len(widgets) and set(left_out) <= OPTIONAL_WIDGETS.get(node["type"], set()), (
+            f"{node['type']}: {len(values)} widget values for {[w for w, _ in widgets]}")
         for (name, spec), value in zip(widgets, values):
             check_widget(node["type"], name, spec, value)
         optional = OPTIONAL_SOCKETS.get(node["type"], set())
@@ -116,3 +124,27 @@ def test_workflow_matches_node_definitions(pack, path):
         for inp in node["inputs"]:
             if inp["name"] not in OPTIONAL_SOCKETS.get(node["type"], set()):
                 assert inp["link"] is not None, f"{node['type']}.{inp['name']} is not connected"
+
+
+def test_osediff_example_feeds_its_checkpoints_clip_text_to_restore_faces_with_adain(pack):
+    """OSEDiff-face: the prompt is the user's text through the SD2.1 checkpoint's own CLIP, and the
+    colour fix is OSEDiff's default (adain)."""
+    wf = json.loads((REPO / "example_workflows" / "LAFR_osediff_face.json").read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    links = {l[0]: l for l in wf["links"]}
+
+    def source(node, name):
+        link = next(i["link"] for i in node["inputs"] if i["name"] == name)
+        return nodes[links[link][1]], links[link][2]
+
+    restore = next(n for n in wf["nodes"] if n["type"] == "LAFRRestoreFaces")
+    encoder, _ = source(restore, "conditioning")
+    assert encoder["type"] == "CLIPTextEncode" and "face" in encoder["widgets_values"][0]
+    checkpoint, slot = source(encoder, "clip")
+    assert checkpoint["type"] == "CheckpointLoaderSimple" and slot == 1  # its CLIP output
+    assert source(restore, "model") == (checkpoint, 0) and source(restore, "vae") == (checkpoint, 2)
+    loader, _ = source(restore, "lafr")
+    assert loader["widgets_values"] == ["osediff_face.safetensors"]
+    widget_names = [name for name, _ in node_spec(pack, "LAFRRestoreFaces")[1]]
+    assert restore["widgets_values"][widget_names.index("colour_correction")] == "adain"
+    assert any(n["type"] == "SaveImage" and source(n, "images")[0] is restore for n in wf["nodes"])
