@@ -176,14 +176,21 @@ class LafrPipeline:
         dtype: torch.dtype | None = None,
         lora_strength: float = 1.0,
         prompt_embeds: torch.Tensor | None = None,
+        prompt: str | None = None,
     ) -> "LafrPipeline":
-        """`prompt_embeds` replaces the file's own; a file of another engine without one gets its
-        `lafr.prompt` encoded with `base`'s text encoder (a diffusers folder or hub id)."""
+        """`prompt_embeds` replaces the file's own, and so does `prompt` (text), encoded with
+        `base`'s SD2.1 text encoder (a diffusers folder or hub id; a single file has none and
+        raises TextEncoderUnavailable); a file of another engine without an embedding gets its
+        `lafr.prompt` encoded the same way."""
         weights = lafr if isinstance(lafr, LafrWeights) else load_lafr(lafr)
-        if prompt_embeds is None and weights.prompt_embeds is None and weights.engine != "lafr":
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("give the prompt as text or as embeddings, not both")
+        if prompt is None and prompt_embeds is None and weights.prompt_embeds is None and weights.engine != "lafr":
+            prompt = weights.prompt
+        if prompt is not None:
             from .text_encoder import encode_prompt
 
-            prompt_embeds = encode_prompt(base, weights.prompt)
+            prompt_embeds = encode_prompt(base, prompt)
         unet, vae = load_sd21(base)
         return cls.from_modules(unet, vae, weights, device=device, dtype=dtype, lora_strength=lora_strength,
                                 prompt_embeds=prompt_embeds)

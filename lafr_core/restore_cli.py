@@ -1,4 +1,5 @@
-"""`python -m lafr_core restore INPUT... -o OUT`: detect -> align -> LAFR -> paste back, per photo.
+"""`python -m lafr_core restore INPUT... -o OUT`: detect -> align -> LAFR -> paste back, per photo
+or per video frame (lafr_core.video: faces tracked and smoothed over time by default).
 
 Every photo goes through lafr_core.host_chain.restore_images, the chain the ComfyUI node and the
 A1111/Forge restorer run; the CLI's "host" is the standalone pipeline (LafrPipeline.host_model).
@@ -7,6 +8,11 @@ tests (and other callers) run the whole flow with any model. Without SD2.1-base 
 the command still detects and aligns every photo and writes the preview (the user sees what would
 be restored), then exits non-zero with a message naming each missing weight and every place it
 looked.
+
+Videos stream through lafr_core.video.io.transcode (PyAV: frame rate, time base, size, pixel
+format and audio packets kept; a temporary file replaced only when complete). Under
+`accelerate launch` / `torchrun` each process restores its share of the items
+(lafr_core.scale_out), on its own device.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,6 +30,9 @@ from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTO
 from .host_chain import FaceOptions, HostModel, find_and_align, restore_images
 from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
 from .lafr_file import LafrWeights
+from .scale_out import ProcessSlot
+from .video.io import VIDEO_SUFFIXES, VideoError, is_video
+from .video.restore import FrameCounts, VideoOptions
 from .model_paths import SD21_HUB_ID, base_model_candidates, lafr_file_candidates, search_folders
 
 EXIT_MISSING_WEIGHTS = 2  # distinct from 1 (some image failed) so scripts can tell them apart
@@ -39,6 +48,8 @@ class RestoreOptions:
     batch_size: int | None = None  # faces per UNet forward (None: all of a photo's faces at once)
     save_crops: bool = False
     save_preview: bool = False
+    video: VideoOptions = VideoOptions()
+    progress: bool = True  # tqdm bars (per video: frames/s and ETA)
 
 
 @dataclass(frozen=True)
@@ -57,10 +68,16 @@ class ImageReport:
     skipped_small: int = 0
     previews: list[Path] = field(default_factory=list)
     error: str | None = None
+    frames: FrameCounts | None = None  # videos only
+    note: str | None = None
 
     def line(self) -> str:
         if self.error:
             return f"{self.source}: ERROR {self.error}"
+        if self.frames is not None:
+            f = self.frames
+            text = f"{self.source}: {f.frames} frames, faces in {f.with_faces} ({f.faces} in all)"
+            return text + (f" -> {self.output}" if self.output is not None else "") + (f" ({self.note})" if self.note else "")
         text = f"{self.source}: {self.faces} face{'s' if self.faces != 1 else ''}"
         if self.skipped_small:
             text += f", {self.skipped_small} too small skipped"
@@ -73,11 +90,11 @@ class ImageReport:
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Image files named directly, plus the images directly inside named folders (sorted)."""
+    """Files named directly, plus the images and videos directly inside named folders (sorted)."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files += sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES)
         elif item.exists():
             files.append(item)
         else:
@@ -86,9 +103,13 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def output_paths(sources: Sequence[Path], out: Path) -> list[Path]:
-    """Where each result goes: `out` itself for one input when `out` has an image suffix, else
-    out/<name> (a second input with the same name gets _2, _3...)."""
-    if len(sources) == 1 and out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
+    """Where each result goes: `out` itself for one input when `out` has an image (video) suffix
+    and the input is an image (video), else out/<name> (a second input with the same name gets
+    _2, _3...)."""
+    if len(sources) == 1 and out.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES and not out.is_dir():
+        if is_video(sources[0]) != is_video(out):
+            kind = "a video" if is_video(sources[0]) else "an image"
+            raise ValueError(f"{out}: {sources[0]} is {kind}; give -o {'a video file (.mp4, .mkv...)' if is_video(sources[0]) else 'an image file'} or a folder")
         targets = [out]
     else:
         seen: dict[str, int] = {}
@@ -158,13 +179,14 @@ def find_weights(base: str | None, lafr: str | None) -> WeightsLookup:
     return WeightsLookup(found_base, found_lafr, missing)
 
 
-def pipeline_restorer(base: str, lafr: Path, device: str | None) -> Restorer:
-    """A Restorer backed by the standalone diffusers pipeline (imported only here)."""
+def pipeline_restorer(base: str, lafr: Path, device: str | None, prompt: str | None = None) -> Restorer:
+    """A Restorer backed by the standalone diffusers pipeline (imported only here); `prompt`
+    replaces the file's prompt (encoded by the base's text encoder)."""
     from .lafr_file import load_lafr
     from .pipeline import LafrPipeline
 
     weights = load_lafr(lafr)
-    pipe = LafrPipeline.from_pretrained(base, weights, device=device)
+    pipe = LafrPipeline.from_pretrained(base, weights, device=device, prompt=prompt)
     return Restorer(weights, pipe.host_model())
 
 
@@ -236,6 +258,43 @@ def _write_extras(image: LoadedImage, target: Path, faces, crops, restored, outp
     return written
 
 
+# --------------------------------------------------------------------------- one video
+
+
+def process_video(source: Path, target: Path, options: RestoreOptions, restorer: Restorer | None, position: int = 0) -> ImageReport:
+    """Restore every frame of one video into `target` (streamed; nothing written on failure)."""
+    from tqdm import tqdm
+
+    from .video.io import probe, transcode
+    from .video.restore import restore_frames
+
+    report = ImageReport(source)
+    if restorer is None:
+        report.error = "not restored: the weights are missing (see below)"
+        return report
+    counts = FrameCounts()
+    notes: list[str] = []
+    try:
+        info = probe(source)
+        with tqdm(total=info.frames, unit="frame", desc=source.name, leave=False, position=position,
+                  disable=not options.progress, dynamic_ncols=True) as bar:
+            transcode(
+                source, target,
+                lambda frames: restore_frames(frames, restorer.weights, restorer.host, options.face, options.video,
+                                              chunk=options.batch_size, counts=counts),
+                on_frame=lambda _n: bar.update(1),
+                on_note=notes.append,
+            )
+    except VideoError as exc:
+        report.error = str(exc).removeprefix(f"{source}: ")
+        return report
+    report.output, report.frames = target, counts
+    report.faces = counts.faces
+    mode = "temporal" if options.video.temporal else "per frame"
+    report.note = "; ".join([mode] + [n.removeprefix(f"{source}: ") for n in notes])
+    return report
+
+
 # --------------------------------------------------------------------------- the command
 
 
@@ -246,17 +305,26 @@ def run_restore(
     restorer: Restorer | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    slot: ProcessSlot | None = None,
 ) -> list[ImageReport]:
-    """Every input photo through `process_image`, with a tqdm bar; returns one report each."""
+    """Every input photo through `process_image` and video through `process_video`, with tqdm
+    bars; returns one report each. Under a launcher (`slot`, default from the environment) only
+    this process's share of the items, with the output paths of the whole list."""
     from tqdm import tqdm
 
+    slot = slot or ProcessSlot.from_env()
     sources = collect_inputs(inputs)
-    targets = output_paths(sources, Path(out))
+    pairs = slot.take(list(zip(sources, output_paths(sources, Path(out)), strict=True)))
     log = log or tqdm.write
+    progress = progress and options.progress and slot.rank == 0  # one set of bars per terminal
+    options = replace(options, progress=progress)
     reports = []
-    for source, target in tqdm(list(zip(sources, targets, strict=True)), unit="image", disable=not progress or not sources):
-        report = process_image(source, target, options, restorer)
-        log(report.line())
+    for source, target in tqdm(pairs, unit="item", disable=not progress or len(pairs) < 2):
+        if is_video(source):
+            report = process_video(source, target, options, restorer, position=1 if len(pairs) > 1 else 0)
+        else:
+            report = process_image(source, target, options, restorer)
+        log(slot.prefix() + report.line())
         reports.append(report)
     return reports
 
@@ -270,7 +338,7 @@ def select_argument(text: str) -> str | tuple[int, ...]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (png, jpg, webp) or folders of them")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (png, jpg, webp), videos (mp4, mov, mkv, webm, avi) or folders of them")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder (or a file name for one input)")
     parser.add_argument("--base", help="SD2.1-base checkpoint, diffusers folder or hub id (default: LAFR_BASE_MODEL, model folders)")
     parser.add_argument("--lafr", help="LAFR .safetensors file (default: LAFR_MODEL, model folders)")
@@ -278,7 +346,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detector-weights", help="folder (or file) of facexlib weights: RetinaFace, and ParseNet for --mask parsenet (default: the usual model folders)")
     parser.add_argument("--threshold", type=float, help="minimum detection confidence (default: the detector's)")
     parser.add_argument("--min-size", type=float, default=DEFAULT_MIN_SIZE, help="skip faces smaller than this many pixels")
-    parser.add_argument("--select", type=select_argument, default="all", help="all, largest, or face indices per image like 0,2 (0 = largest)")
+    parser.add_argument("--select", type=select_argument, default="all",
+                        help="all, largest, or face indices like 0,2: per photo 0 = largest; in a temporal video, track ids (0 = the first face to appear)")
     parser.add_argument("--strength", type=float, default=1.0, help="blend of the restored face, 0..1")
     parser.add_argument("--colour-correction", "--color-correction", dest="colour_correction", choices=COLOUR_CORRECTIONS, default="none",
                         help="match the restored face's colours to the input face")
@@ -289,29 +358,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="faces per UNet forward")
     parser.add_argument("--save-crops", action="store_true", help="also write the aligned (and restored) 512px crops")
     parser.add_argument("--save-preview", action="store_true", help="also write NAME.preview.png: detections, crops, result")
+    parser.add_argument("--prompt", help="restore with this text instead of the file's prompt (encoded by the base's SD2.1 text encoder: "
+                                         "--base must be a diffusers folder or hub id)")
+    video = parser.add_argument_group("videos")
+    video.add_argument("--temporal", action=argparse.BooleanOptionalAction, default=True,
+                       help="track faces across frames and smooth their landmarks over time (default: on; --no-temporal: each frame on its own)")
+    video.add_argument("--sigma", type=float, default=VideoOptions.sigma,
+                       help="temporal smoothing strength in frames (Gaussian; 0: tracks and gap filling only)")
+    video.add_argument("--max-gap", type=int, default=VideoOptions.max_gap, help="frames a face may go undetected and keep its track (filled in)")
+    video.add_argument("--window", type=int, default=VideoOptions.window, help="frames detected and restored together (memory grows with it, not with the clip)")
 
 
-def main(args: argparse.Namespace, restorer: Restorer | None = None) -> int:
-    """The CLI: returns 0, 1 (an image failed) or EXIT_MISSING_WEIGHTS."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+def restore_options(args: argparse.Namespace, device: str) -> RestoreOptions:
+    """The parsed flags as RestoreOptions."""
     face = FaceOptions(
         detector=args.detector, threshold=args.threshold, min_size=args.min_size, select=args.select, strength=args.strength,
         colour_correction=args.colour_correction, feather=args.feather, detector_weights=args.detector_weights,
         # a --detector-weights folder is searched for ParseNet too (a file is RetinaFace's only)
         mask=args.mask, mask_weights=args.detector_weights if args.detector_weights and Path(args.detector_weights).is_dir() else None,
     )
-    options = RestoreOptions(face=face, device=device, batch_size=args.batch_size,
-                             save_crops=args.save_crops, save_preview=args.save_preview)
+    video = VideoOptions(temporal=args.temporal, sigma=args.sigma, max_gap=args.max_gap, window=args.window)
+    return RestoreOptions(face=face, device=device, batch_size=args.batch_size, save_crops=args.save_crops,
+                          save_preview=args.save_preview, video=video)
+
+
+def process_device(requested: str | None, slot: ProcessSlot) -> str:
+    """--device, with a bare 'cuda' meaning this process's GPU (LOCAL_RANK) under a launcher."""
+    if requested is None:
+        return slot.default_device()
+    if requested == "cuda" and slot.distributed:
+        return f"cuda:{slot.local_rank}"
+    return requested
+
+
+def main(args: argparse.Namespace, restorer: Restorer | None = None) -> int:
+    """The CLI: returns 0, 1 (an item failed), EXIT_MISSING_WEIGHTS or 130 (Ctrl-C)."""
     lookup = None
     try:
+        slot = ProcessSlot.from_env()
+        device = process_device(args.device, slot)
+        options = restore_options(args, device)
         if restorer is None:
             lookup = find_weights(args.base, args.lafr)
             if lookup.missing is None:
-                restorer = pipeline_restorer(lookup.base, lookup.lafr, device)
-        reports = run_restore(args.inputs, args.output, options, restorer)
+                restorer = pipeline_restorer(lookup.base, lookup.lafr, device, prompt=args.prompt)
+        reports = run_restore(args.inputs, args.output, options, restorer, slot=slot)
     except (FaceError, FileNotFoundError, ValueError) as exc:  # bad weights, detector, inputs: one clear line
         print(f"error: {exc}")
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the item in progress was not written (finished items are kept)")
+        return 130
     if lookup is not None and lookup.missing is not None:
         print(lookup.missing)
         return EXIT_MISSING_WEIGHTS
