@@ -4,9 +4,10 @@ same chain the A1111/Forge restorer runs."""
 
 from __future__ import annotations
 
-from ..lafr_core.host_chain import FaceOptions, HostModel, restore_images
+from ..lafr_core.host_chain import HostModel, restore_images
+from ..lafr_core.video import restore_frames
 from . import comfy_host
-from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, parse_select, placeholder_crops
+from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, face_options, placeholder_crops
 from .latent_nodes import CONDITIONING_INPUT
 from .ui_preview import before_after
 
@@ -34,7 +35,7 @@ class LAFRRestoreFaces:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "image": ("IMAGE", {"tooltip": "Photos with faces."}),
+                "image": ("IMAGE", {"tooltip": "Photos with faces, or a video's frames (turn temporal on)."}),
                 "model": ("MODEL", {"tooltip": "An SD2.1-base (512, epsilon) model from Load Checkpoint."}),
                 "vae": ("VAE", {"tooltip": "The VAE of that checkpoint."}),
                 "lafr": ("LAFR", {"tooltip": "From LAFR Loader (a '1+2' file; a '2' file skips alignment)."}),
@@ -42,19 +43,18 @@ class LAFRRestoreFaces:
                 **PASTE_INPUTS,
                 "lora_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Scale of the LAFR LoRA."}),
             },
-            "optional": {"conditioning": CONDITIONING_INPUT},
+            "optional": {"conditioning": CONDITIONING_INPUT, **TEMPORAL_INPUTS},
         }
 
     def restore(self, image, model, vae, lafr, detector, threshold, min_size, select, strength, colour_correction, feather, lora_strength,
-                conditioning=None):
+                conditioning=None, temporal=None, temporal_sigma=None, max_gap=None):
         lafr = comfy_host.with_conditioning(lafr, conditioning, NODE)
         unet = comfy_host.PatchedUNet(model, lafr, lora_strength, NODE)
         vae = comfy_host.vae_with_encoder_lora(vae, lafr, NODE)
         host = HostModel(encode=vae.encode, denoise=unet.denoise, decode=vae.decode, device=comfy_host.compute_device(),
                          oom_errors=comfy_host.oom_errors(), on_oom=comfy_host.free_memory_after_oom)
-        options = FaceOptions(detector=detector, threshold=threshold or None, min_size=min_size, select=parse_select(select),
-                              strength=strength, colour_correction=colour_correction, feather=feather,
-                              detector_weights=comfy_host.face_models_folder())
+        options = face_options(detector, threshold, min_size, select, strength=strength, colour_correction=colour_correction, feather=feather)
+        temporal = Temporal.from_inputs(temporal, temporal_sigma, max_gap)
         progress = None
 
         def tick(done: int, total: int) -> None:
@@ -62,7 +62,10 @@ class LAFRRestoreFaces:
             progress = progress or comfy_host.Progress(total)
             progress(done)
 
-        result = restore_images(image, lafr, host, options, should_stop=_interrupted, progress=tick)
+        if temporal.on:  # video frames: faces tracked and smoothed over the batch, restored 16 frames at a time
+            result = restore_frames(image, lafr, host, options, temporal.sigma, temporal.max_gap, should_stop=_interrupted, progress=tick)
+        else:
+            result = restore_images(image, lafr, host, options, should_stop=_interrupted, progress=tick)
         out = result.images.to(comfy_host.intermediate_device())
         restored = result.restored.to(comfy_host.intermediate_device()) if result.restored is not None else placeholder_crops()
         return {"ui": before_after(image, out), "result": (out, restored, len(result.faces))}

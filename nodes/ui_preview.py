@@ -43,7 +43,8 @@ def before_after(before: torch.Tensor, after: torch.Tensor) -> dict:
 
 
 def face_overlay(images: torch.Tensor, faces: FaceSet) -> dict:
-    """UI output for the detection overlay: each image with its faces in image pixels."""
+    """UI output for the detection overlay: each image with its faces in image pixels (and, for
+    video frames in temporal mode, each face's track id, so a face can be followed)."""
     records = save_temp_images(images, "lafr_detect")
     overlays = []
     for index, record in enumerate(records):
@@ -56,6 +57,7 @@ def face_overlay(images: torch.Tensor, faces: FaceSet) -> dict:
             "skipped_small": faces.skipped_small[index] if faces.skipped_small else 0,
             "faces": [{"box": [round(v, 2) for v in faces.boxes[i].tolist()],
                        "landmarks": [[round(x, 2), round(y, 2)] for x, y in faces.landmarks[i].tolist()],
-                       "score": round(float(faces.scores[i]), 4)} for i in mine],
+                       "score": round(float(faces.scores[i]), 4),
+                       **({"track": int(faces.track_ids[i])} if faces.track_ids is not None else {})} for i in mine],
         })
     return {"lafr_overlay": overlays, "lafr_face_count": [len(faces)]}

@@ -22,10 +22,15 @@ CORE = {
     "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, [], ["IMAGE"]),
     "SaveImage": ({"images": "IMAGE"}, [("filename_prefix", "STRING")], []),
     "PreviewImage": ({"images": "IMAGE"}, [], []),
+    # comfy_extras/nodes_video.py (the video example: a clip in, a clip out, its fps and audio kept)
+    "LoadVideo": ({}, [("file", FILE_LIST), ("upload", ["image"])], ["VIDEO"]),
+    "GetVideoComponents": ({"video": "VIDEO"}, [], ["IMAGE", "AUDIO", "FLOAT"]),
+    "CreateVideo": ({"images": "IMAGE", "audio": "AUDIO"}, [("fps", ("FLOAT", {"min": 1.0, "max": 120.0}))], ["VIDEO"]),
+    "SaveVideo": ({"video": "VIDEO"}, [("filename_prefix", "STRING"), ("format", ["auto", "mp4"]), ("codec", ["auto", "h264"])], []),
 }
-OPTIONAL_SOCKETS: dict[str, set[str]] = {}
+OPTIONAL_SOCKETS: dict[str, set[str]] = {"CreateVideo": {"audio"}}
 OPTIONAL_WIDGETS: dict[str, set[str]] = {}  # a workflow saved before they existed leaves them out (at the end)
-SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "LAFR", "LAFR_FACES"}
+SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "LAFR", "LAFR_FACES", "VIDEO", "AUDIO"}
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +116,12 @@ def test_workflow_matches_node_definitions(pack, path):
             f"{node['type']}: {len(values)} widget values for {[w for w, _ in widgets]}")
         for (name, spec), value in zip(widgets, values):
             check_widget(node["type"], name, spec, value)
+        kinds = {name: spec[0] if isinstance(spec, tuple) else spec for name, spec in widgets}
+        for inp in node["inputs"]:  # a widget fed by a link (CreateVideo's fps from the source video)
+            if "widget" in inp:
+                assert inp["widget"]["name"] == inp["name"] and kinds.get(inp["name"]) == inp["type"], f"{node['type']}.{inp['name']}"
         optional = OPTIONAL_SOCKETS.get(node["type"], set())
-        listed = [i["name"] for i in node["inputs"]]
+        listed = [i["name"] for i in node["inputs"] if "widget" not in i]
         assert listed == [name for name in sockets if name not in optional or name in listed], f"{node['type']} inputs"
         assert [o["type"] for o in node["outputs"]] == outputs, f"{node['type']} outputs"
     for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
@@ -122,7 +131,7 @@ def test_workflow_matches_node_definitions(pack, path):
         assert link_id in (nodes[src]["outputs"][src_slot]["links"] or []), f"link {link_id} missing at its source"
     for node in wf["nodes"]:  # every required socket input is wired
         for inp in node["inputs"]:
-            if inp["name"] not in OPTIONAL_SOCKETS.get(node["type"], set()):
+            if inp["name"] not in OPTIONAL_SOCKETS.get(node["type"], set()) and "widget" not in inp:
                 assert inp["link"] is not None, f"{node['type']}.{inp['name']} is not connected"
 
 
@@ -148,3 +157,29 @@ def test_osediff_example_feeds_its_checkpoints_clip_text_to_restore_faces_with_a
     widget_names = [name for name, _ in node_spec(pack, "LAFRRestoreFaces")[1]]
     assert restore["widgets_values"][widget_names.index("colour_correction")] == "adain"
     assert any(n["type"] == "SaveImage" and source(n, "images")[0] is restore for n in wf["nodes"])
+
+
+def test_video_example_runs_the_clip_in_temporal_mode_with_core_nodes_only(pack):
+    wf = json.loads((REPO / "example_workflows" / "LAFR_video_frames.json").read_text())
+    used = {n["type"] for n in wf["nodes"]}
+    assert used - set(pack.NODE_CLASS_MAPPINGS) <= set(CORE), "only ComfyUI core nodes besides ours"
+    assert {"LoadVideo", "GetVideoComponents", "LAFRRestoreFaces", "CreateVideo", "SaveVideo"} <= used
+    node = next(n for n in wf["nodes"] if n["type"] == "LAFRRestoreFaces")
+    _, widgets, _ = node_spec(pack, "LAFRRestoreFaces")
+    values = dict(zip([name for name, _ in widgets], node["widgets_values"]))
+    assert values["temporal"] is True and values["temporal_sigma"] > 0
+    create = next(n for n in wf["nodes"] if n["type"] == "CreateVideo")
+    assert all(i["link"] is not None for i in create["inputs"]), "the output keeps the source's frame rate and audio"
+
+
+@pytest.mark.parametrize("node_type", ["LAFRFaceDetectAlign", "LAFRRestoreFaces"])
+def test_video_inputs_are_optional_and_come_after_the_old_widgets(pack, node_type):
+    """A workflow saved before video support lists only the old widget values, in order: the new
+    inputs must be optional (API prompts without them validate) and last (the old values keep
+    their names); tests/test_video_nodes.py runs the nodes without them."""
+    spec = pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES()
+    new = ["temporal", "temporal_sigma", "max_gap"]
+    assert not set(new) & set(spec["required"]) and set(new) <= set(spec["optional"])
+    _, widgets, _ = node_spec(pack, node_type)
+    assert [name for name, _ in widgets][-3:] == new
+    assert spec["optional"]["temporal"][1]["default"] is False
