@@ -56,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import DATA_DIR  # noqa: E402
-from pack_fixtures import copy_pack, write_stand_in_lafr  # noqa: E402
+from pack_fixtures import clip_l14_text, copy_pack, openclip_h14_text, write_stand_in_lafr  # noqa: E402
 
 A1111_DIR = os.environ.get("A1111_DIR")
 pytestmark = pytest.mark.skipif(not A1111_DIR, reason="set A1111_DIR to an AUTOMATIC1111 tree (and A1111_PYTHON to its python)")
@@ -93,50 +93,6 @@ class SampleStandIn(scripts.Script):
 
 
 # ----------------------------------------------------------------------------- stand-in models
-
-
-def openclip_h14_text(gen: torch.Generator, dtype=torch.float16) -> dict[str, torch.Tensor]:
-    """SD2's text encoder as a released checkpoint holds it: OpenCLIP ViT-H-14's text tower under
-    cond_stage_model.model. (random; LayerNorms at identity so the activations stay finite)."""
-    width, layers, shapes = 1024, 24, {}
-    shapes.update({"positional_embedding": (77, width), "text_projection": (width, width), "logit_scale": (),
-                   "token_embedding.weight": (49408, width), "ln_final.weight": (width,), "ln_final.bias": (width,)})
-    for i in range(layers):
-        block = f"transformer.resblocks.{i}."
-        shapes.update({block + "ln_1.weight": (width,), block + "ln_1.bias": (width,),
-                       block + "attn.in_proj_weight": (3 * width, width), block + "attn.in_proj_bias": (3 * width,),
-                       block + "attn.out_proj.weight": (width, width), block + "attn.out_proj.bias": (width,),
-                       block + "ln_2.weight": (width,), block + "ln_2.bias": (width,),
-                       block + "mlp.c_fc.weight": (4 * width, width), block + "mlp.c_fc.bias": (4 * width,),
-                       block + "mlp.c_proj.weight": (width, 4 * width), block + "mlp.c_proj.bias": (width,)})
-    return {"cond_stage_model.model." + k: _random(k, s, gen, dtype) for k, s in shapes.items()}
-
-
-def clip_l14_text(gen: torch.Generator, dtype=torch.float16) -> dict[str, torch.Tensor]:
-    """SD1's text encoder as a released checkpoint holds it: transformers' CLIPTextModel (ViT-L/14)
-    under cond_stage_model.transformer. (random, LayerNorms at identity)."""
-    width, layers, shapes = 768, 12, {}
-    shapes.update({"embeddings.token_embedding.weight": (49408, width), "embeddings.position_embedding.weight": (77, width),
-                   "final_layer_norm.weight": (width,), "final_layer_norm.bias": (width,)})
-    for i in range(layers):
-        layer = f"encoder.layers.{i}."
-        for proj in ("k_proj", "v_proj", "q_proj", "out_proj"):
-            shapes.update({layer + f"self_attn.{proj}.weight": (width, width), layer + f"self_attn.{proj}.bias": (width,)})
-        shapes.update({layer + "layer_norm1.weight": (width,), layer + "layer_norm1.bias": (width,),
-                       layer + "mlp.fc1.weight": (4 * width, width), layer + "mlp.fc1.bias": (4 * width,),
-                       layer + "mlp.fc2.weight": (width, 4 * width), layer + "mlp.fc2.bias": (width,),
-                       layer + "layer_norm2.weight": (width,), layer + "layer_norm2.bias": (width,)})
-    out = {"cond_stage_model.transformer.text_model." + k: _random(k, s, gen, dtype) for k, s in shapes.items()}
-    out["cond_stage_model.transformer.text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    return out
-
-
-def _random(name: str, shape: tuple, gen: torch.Generator, dtype) -> torch.Tensor:
-    if re.search(r"(ln_\d|ln_final|layer_norm\d?|final_layer_norm)\.weight$", name):
-        return torch.ones(shape, dtype=dtype)
-    if name.endswith("bias") or name == "logit_scale":
-        return torch.zeros(shape, dtype=dtype)
-    return (torch.randn(shape, generator=gen) * 0.02).to(dtype)
 
 
 def bytes_to_unicode() -> dict[int, str]:
