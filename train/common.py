@@ -113,7 +113,7 @@ def setup_data(config: TrainConfig, accelerator, vae, batch_size: int, cached_fi
     images = prepared.images
     recipe = PairRecipe(data.resolution, config.run.seed, data.flip_prob, tuple(data.crop_scale), config.degrade)
     cache = None
-    if data.latent_cache:
+    if config.uses_latent_cache:
         fingerprint = cache_fingerprint(recipe, vae_fingerprint(vae), LATENT_SCALE)
         cache = LatentCache(config.cache_dir, fingerprint, describe={"recipe": json.loads(recipe.to_json()), "latent_scale": LATENT_SCALE})
         fill_latent_cache(images, recipe, data.variants, cache, vae, accelerator, batch_size, data.num_workers)

@@ -51,7 +51,11 @@ class DataConfig:
         "(cached); detect: align every image; resize: centre-crop and resize, never detect",
     )
     variants: int = _f(8, "seeded degradations (with flip/crop) per image; their latents are cached")
-    latent_cache: bool = _f(True, "cache VAE latents on disk so epochs after the first skip the VAE")
+    latent_cache: bool | None = _f(
+        None,
+        "cache VAE latents of `variants` degradations per image on disk (default: on for stage 1; off for stage 2, "
+        "which degrades on the fly: a fresh degradation per image and epoch, seeded by (seed, image, epoch))",
+    )
     cache_dir: str | None = _f(None, "latent/alignment cache folder (default: <output_dir>/cache)")
     num_workers: int = _f(2, "data-loader worker processes")
     flip_prob: float = _f(0.5, "probability of a horizontal flip per variant")
@@ -136,6 +140,10 @@ class TrainConfig:
     stage2: Stage2Config = field(default_factory=Stage2Config)
 
     @property
+    def uses_latent_cache(self) -> bool:
+        return self.data.latent_cache if self.data.latent_cache is not None else self.stage == "stage1"
+
+    @property
     def output_dir(self) -> Path:
         return Path(self.run.output_dir)
 
@@ -146,13 +154,16 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return _plain(self)
 
-    def validate(self) -> "TrainConfig":
-        """Raise ConfigError naming the first setting that cannot work."""
+    def validate(self, check_inputs: bool = True) -> "TrainConfig":
+        """Raise ConfigError naming the first setting that cannot work. check_inputs=False
+        leaves the data folders and the adapter file to train/preflight.py, which lists every
+        missing input at once."""
         _check(self.stage in STAGES, f"stage must be one of {STAGES}, got {self.stage!r}")
         d, r = self.data, self.run
-        _check(bool(d.data), "no data: pass --data FOLDER [FOLDER ...] (folders of HQ face images)")
-        for folder in d.data:
-            _check(Path(folder).is_dir(), f"data folder {folder!r} does not exist or is not a folder")
+        if check_inputs:
+            _check(bool(d.data), "no data: pass --data FOLDER [FOLDER ...] (folders of HQ face images)")
+            for folder in d.data:
+                _check(Path(folder).is_dir(), f"data folder {folder!r} does not exist or is not a folder")
         _check(bool(r.output_dir), "no output folder: pass --output_dir RUN_FOLDER")
         _check(d.resolution >= 64 and d.resolution % 8 == 0, f"resolution must be a multiple of 8 and >= 64, got {d.resolution}")
         _check(d.align in ALIGN_MODES, f"align must be one of {ALIGN_MODES}, got {d.align!r}")
@@ -175,8 +186,9 @@ class TrainConfig:
             _check(s.reseed_every >= 0, f"reseed_every must be >= 0, got {s.reseed_every}")
         else:
             s = self.stage2
-            _check(bool(s.adapter), "stage2 needs the stage-1 file: pass --adapter RUN1/lafr_stage1.safetensors")
-            _check(Path(s.adapter).is_file(), f"stage-1 adapter file {s.adapter!r} does not exist")
+            if check_inputs:
+                _check(bool(s.adapter), "stage2 needs the stage-1 file: pass --adapter RUN1/lafr_stage1.safetensors")
+                _check(Path(s.adapter).is_file(), f"stage-1 adapter file {s.adapter!r} does not exist")
             _check(s.lr > 0 and s.batch_size >= 1 and s.steps >= 1, f"stage2 needs lr > 0, batch_size >= 1, steps >= 1; got lr={s.lr}, batch_size={s.batch_size}, steps={s.steps}")
             _check(s.lora_rank >= 1 and s.lora_alpha > 0, f"lora_rank must be >= 1 and lora_alpha > 0, got {s.lora_rank}, {s.lora_alpha}")
             for name in ("lambda_mse", "lambda_lpips", "lambda_id", "lambda_fs"):
@@ -350,20 +362,51 @@ def config_differences(saved: TrainConfig, current: TrainConfig) -> list[str]:
 
 def _sections_for(stage: str) -> list[tuple[str, type]]:
     common = [("data", DataConfig), ("degrade", DegradeConfig), ("run", RunConfig)]
+    if stage == "all":
+        return common + [("stage1", Stage1Config), ("adapter", AlignerConfig), ("stage2", Stage2Config)]
     return common + ([("stage1", Stage1Config), ("adapter", AlignerConfig)] if stage == "stage1" else [("stage2", Stage2Config)])
+
+
+# `all` sets these itself: stage 2's adapter is stage 1's output, and it always resumes.
+ALL_MANAGED = {("stage2", "adapter"), ("run", "resume")}
+
+
+def _flag_names(stage: str) -> dict[tuple[str, str], str]:
+    """(section, field) -> flag name. Names shared by two sections (only under `all`: stage1's
+    and stage2's lr, batch_size, weight_decay) get the section as prefix: --stage2_lr."""
+    sections = _sections_for(stage)
+    owners: dict[str, list[str]] = {}
+    for section, cls in sections:
+        for f in fields(cls):
+            owners.setdefault(f.name, []).append(section)
+    names = {}
+    for section, cls in sections:
+        for f in fields(cls):
+            if stage == "all" and (section, f.name) in ALL_MANAGED:
+                continue
+            if len(owners[f.name]) > 1 and stage != "all":
+                raise RuntimeError(f"flag --{f.name} is defined by both {owners[f.name]}")
+            names[(section, f.name)] = f"{section}_{f.name}" if len(owners[f.name]) > 1 else f.name
+    return names
 
 
 def add_config_flags(parser: argparse.ArgumentParser, stage: str) -> None:
     """One flag per field of the stage's sections (defaults suppressed: only given flags override)."""
+    from lafr_core.degrade import PRESETS
+
     parser.add_argument("--config", help="YAML file with sections data/degrade/run/stage1/adapter/stage2")
-    seen: dict[str, str] = {}
+    parser.add_argument(
+        "--degrade_preset", choices=sorted(PRESETS), default=None,
+        help="start the degrade settings from a named preset (lafr_core.degrade.PRESETS; the --gaussian_blur_* ... flags "
+        "still override single values). Default: lafr",
+    )  # fmt: skip
+    names = _flag_names(stage)
     for section, cls in _sections_for(stage):
         group = parser.add_argument_group(section)
         hints = _hints(cls)
         for f in fields(cls):
-            if f.name in seen:
-                raise RuntimeError(f"flag --{f.name} is defined by both {seen[f.name]} and {section}")
-            seen[f.name] = section
+            if (section, f.name) not in names:
+                continue
             tp = _base_type(hints[f.name])
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             text = f.metadata.get("help") or ADAPTER_HELP.get(f.name, "")
@@ -376,17 +419,29 @@ def add_config_flags(parser: argparse.ArgumentParser, stage: str) -> None:
                 kwargs["metavar"] = f.name.upper() if args[-1] is Ellipsis else ("LO", "HI")[: len(args)]
             else:
                 kwargs["metavar"] = f.name.upper()
-            group.add_argument(f"--{f.name}", **kwargs)
+            group.add_argument(f"--{names[(section, f.name)]}", **kwargs)
 
 
-def config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
-    """defaults < saved run config (on --resume) < --config YAML < flags; validated."""
-    overrides: dict[str, dict] = {}
-    for key, value in vars(args).items():
-        if "." in key:
-            section, name = key.split(".", 1)
-            overrides.setdefault(section, {})[name] = value
+def _preset_overrides(args: argparse.Namespace, yaml_data: dict) -> dict:
+    """--degrade_preset NAME (or `degrade_preset:` in the YAML) -> the preset's degrade values,
+    applied below the YAML's and the flags' own degrade settings."""
+    name = getattr(args, "degrade_preset", None) or yaml_data.pop("degrade_preset", None)
+    if not name:
+        return {}
+    from lafr_core.degrade import DegradeConfig
+
+    try:
+        return {"degrade": DegradeConfig.preset(name).to_dict()}
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def config_from_args(args: argparse.Namespace, stage: str, validate: bool = True) -> TrainConfig:
+    """defaults < saved run config (on --resume) < --config YAML < flags; validated unless
+    validate=False (the CLI validates after its start-up checks, to report all problems)."""
+    overrides = section_overrides(args)
     yaml_data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    preset = _preset_overrides(args, yaml_data)
     output_dir = overrides.get("run", {}).get("output_dir") or (yaml_data.get("run") or {}).get("output_dir")
     resume = overrides.get("run", {}).get("resume") or (yaml_data.get("run") or {}).get("resume")
     base = TrainConfig(stage=stage)
@@ -396,6 +451,16 @@ def config_from_args(args: argparse.Namespace, stage: str) -> TrainConfig:
         if saved.stage != stage:
             raise ConfigError(f"{output_dir} holds a {saved.stage} run; cannot resume it as {stage}")
         base = saved
-    config = merge(base, {**yaml_data, "stage": stage})
+    config = merge(merge(base, preset), {**yaml_data, "stage": stage})
     config = merge(config, overrides)
-    return config.validate()
+    return config.validate() if validate else config
+
+
+def section_overrides(args: argparse.Namespace) -> dict[str, dict]:
+    """The flags given on the command line as {section: {name: value}}."""
+    overrides: dict[str, dict] = {}
+    for key, value in vars(args).items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            overrides.setdefault(section, {})[name] = value
+    return overrides

@@ -31,10 +31,21 @@ class BaseModels:
 
 
 def load_base_models(source: str, need_unet: bool) -> BaseModels:
-    """SD2.1-base from a single file, a diffusers folder or a hub id (lafr_core.pipeline)."""
+    """SD2.1-base from a single file, a diffusers folder or a hub id (lafr_core.pipeline).
+    A source that cannot be found or read is a ConfigError (the CLI prints it, exit code 2)
+    naming the forms --base_model accepts, never a raw huggingface_hub traceback."""
+    from lafr_core.base_model import BaseModelError
     from lafr_core.pipeline import load_sd21
 
-    unet, vae = load_sd21(source)
+    from .config import ConfigError
+    from .preflight import BASE_FORMS
+
+    try:
+        unet, vae = load_sd21(source)
+    except BaseModelError as err:
+        raise ConfigError(f"{err}. {BASE_FORMS}") from None
+    except OSError as err:  # huggingface_hub's LocalEntryNotFoundError, connection errors, unreadable files
+        raise ConfigError(f"cannot load the base model '{source}' ({type(err).__name__}: {str(err)[:300]}). {BASE_FORMS}") from None
     if not need_unet:
         del unet
         unet = None
