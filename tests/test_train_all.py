@@ -1,0 +1,99 @@
+"""`python -m train all` (train/run_all.py) with tiny models: stage 1 + stage 2 + export in one
+call; interrupted (Ctrl-C in stage 1, a crash in stage 2) and rerun, it writes bit-identical
+weights to the uninterrupted run."""
+
+import signal
+from dataclasses import replace
+
+import pytest
+import torch
+
+from lafr_core.lafr_file import load_lafr
+from train.config import ConfigError, DataConfig, RunConfig, Stage1Config, Stage2Config, TrainConfig
+from train.models import BaseModels
+from train.run_all import train_all
+from train_helpers import RES, TINY_ADAPTER, portrait_folder, tiny_encoders, tiny_unet_1024, tiny_vae8
+from train_helpers import one_thread  # noqa: F401  (autouse fixture)
+
+PROMPT = torch.randn(1, 77, 1024, generator=torch.Generator().manual_seed(3))
+S1_STEPS, S2_STEPS = 4, 4  # 2 images at batch 1: stage 1 = 2 epochs; stage 2 crosses an epoch too
+
+
+def all_config(data, work, **stage1):
+    return TrainConfig(
+        stage="stage1",
+        data=DataConfig(data=(str(data),), resolution=RES, align="resize", variants=2, num_workers=0, val_images=1),
+        run=RunConfig(output_dir=str(work), seed=0, checkpoint_every=2, log_every=1, validate_every=2),
+        stage1=Stage1Config(lr=2e-3, batch_size=1, epochs=S1_STEPS // 2, reseed_every=2, **stage1),
+        adapter=TINY_ADAPTER,
+        stage2=Stage2Config(lr=1e-3, batch_size=1, steps=S2_STEPS),
+    )
+
+
+def run(config, output, on_step=None, logs=None):
+    base = BaseModels(unet=tiny_unet_1024(), vae=tiny_vae8())  # fresh: stage 2 adds its LoRA in place
+    return train_all(config, output, base=base, prompt_embeds=PROMPT, encoder_factory=tiny_encoders, on_step=on_step,
+                     log=(logs.append if logs is not None else print))  # fmt: skip
+
+
+def weights(path):
+    w = load_lafr(path)
+    return {**{f"adapter.{k}": v for k, v in w.aligner.state_dict().items()}, **w.kohya_lora, "prompt_embeds": w.prompt_embeds}
+
+
+def test_all_in_one_command_and_resume_gives_the_same_weights(tmp_path):
+    data = portrait_folder(tmp_path)
+    straight = run(all_config(data, tmp_path / "straight"), tmp_path / "models" / "straight.safetensors")
+    assert not straight.interrupted and straight.output == tmp_path / "models" / "straight.safetensors"
+    assert straight.results["stage1"].state.step == S1_STEPS and straight.results["stage2"].state.step == S2_STEPS
+    file = load_lafr(straight.output)
+    assert file.stages == "1+2" and file.trainer["steps"] == S2_STEPS and torch.equal(file.prompt_embeds, PROMPT)
+    for stage in ("stage1", "stage2"):  # validation every 2 steps (and at the end)
+        grids = sorted(p.name for p in (tmp_path / "straight" / stage / "validation").glob("*.png"))
+        assert grids == ["step-00000002.png", "step-00000004.png"], (stage, grids)
+    # stage 2 degraded on the fly: no latent cache of its own, stage 1's cache shared in work/cache
+    assert not (tmp_path / "straight" / "stage2" / "cache").exists()
+    assert list((tmp_path / "straight" / "cache" / "latents").glob("*/*.safetensors"))
+
+    # interrupted: a real Ctrl-C after stage-1 step 3, then a crash in stage 2 after step 3
+    # (its last checkpoint is step 2): each rerun of the same call continues where it stopped
+    work, output = tmp_path / "resumed", tmp_path / "models" / "resumed.safetensors"
+    config = all_config(data, work)
+
+    def ctrl_c(stage, step):
+        if (stage, step) == ("stage1", 3):
+            signal.raise_signal(signal.SIGINT)
+
+    first = run(config, output, on_step=ctrl_c)
+    assert first.interrupted and first.output is None and not output.exists()
+    assert first.results["stage1"].state.step == 3 and first.results["stage2"] is None
+
+    class Crash(Exception):
+        pass
+
+    def crash(stage, step):
+        if (stage, step) == ("stage2", 3):
+            raise Crash
+
+    logs = []
+    with pytest.raises(Crash):
+        run(config, output, on_step=crash, logs=logs)
+    checkpoints = sorted(p.name for p in (work / "stage2" / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint-00000002"]  # the crash left the last atomic checkpoint
+
+    logs = []
+    third = run(config, output, logs=logs)
+    assert not third.interrupted and third.output == output
+    assert third.results["stage1"] is None  # finished before: skipped
+    assert any("stage 1/2: finished before" in line for line in logs)
+    assert third.results["stage2"].state.step == S2_STEPS
+    assert [s for s, _ in third.results["stage2"].history] == [3, 4]  # resumed after step 2
+
+    a, b = weights(straight.output), weights(output)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert different == []  # bit-exact: same data order, degradations, RNG and optimizer state
+
+    # a finished run with a changed setting is refused, not silently skipped
+    with pytest.raises(ConfigError, match="stage1.lr: 0.002 -> 0.001"):
+        run(replace(config, stage1=replace(config.stage1, lr=1e-3)), output)
