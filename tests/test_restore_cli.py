@@ -12,28 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, build_unet, tiny_unet_config
+import cli_fixtures
+from conftest import REPO
 from face_fixtures import DATA, compose_canvas
 from lafr_core.__main__ import build_parser
 from lafr_core.host_chain import HostModel
 from lafr_core.lafr_file import LafrWeights
 from lafr_core.restore_cli import EXIT_MISSING_WEIGHTS, Restorer, main, select_argument
-from test_pipeline import tiny_weights
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline():
     """LafrPipeline on tiny random diffusers models (VAE 8x down: 512 crops -> 64x64 latents)."""
-    from diffusers import AutoencoderKL
-
-    from lafr_core.pipeline import LafrPipeline
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(block_out_channels=[4, 4, 4, 4], down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4, layers_per_block=1, norm_num_groups=2,
-                        latent_channels=4, sample_size=64).eval()
-    weights, _ = tiny_weights()
-    return weights, LafrPipeline.from_modules(build_unet(tiny_unet_config()), vae, weights, device="cpu")
+    return cli_fixtures.tiny_pipeline()
 
 
 def recording(weights, host):
