@@ -113,7 +113,7 @@ def restore_frames(
     for start in range(0, images.shape[0], window):
         stop = min(start + window, images.shape[0])
         here = merge_frames(per_frame[start:stop])
-        tick = (lambda n, offset=done: progress(offset + n, total)) if progress is not None else None
+        tick = (lambda n, _, offset=done: progress(offset + n, total)) if progress is not None else None
         result = restore_images(images[start:stop], weights, host, options, chunk=chunk, should_stop=should_stop,
                                 progress=tick, faces=here)
         outs.append(result.images)
