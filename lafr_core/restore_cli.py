@@ -185,8 +185,13 @@ def pipeline_restorer(base: str, lafr: Path, device: str | None, prompt: str | N
     from .lafr_file import load_lafr
     from .pipeline import LafrPipeline
 
+    from .text_encoder import TextEncoderUnavailable
+
     weights = load_lafr(lafr)
-    pipe = LafrPipeline.from_pretrained(base, weights, device=device, prompt=prompt)
+    try:
+        pipe = LafrPipeline.from_pretrained(base, weights, device=device, prompt=prompt)
+    except TextEncoderUnavailable as exc:
+        raise ValueError(f"--prompt needs SD2.1's text encoder: {exc}" if prompt is not None else str(exc)) from None
     return Restorer(weights, pipe.host_model())
 
 

@@ -166,3 +166,55 @@ def test_without_weights_it_previews_and_names_what_is_missing(tmp_path):
     assert "LAFR_BASE_MODEL (not set)" in text and "LAFR_MODEL (not set)" in text
     assert (out / "astronaut.preview.png").is_file()
     assert not (out / "astronaut.png").exists()  # nothing restored, nothing pretending to be
+
+
+def test_prompt_replaces_the_files_prompt_through_the_base_text_encoder(tmp_path, monkeypatch, capsys):
+    """--prompt: the text through the base's own tokenizer and text encoder (a diffusers folder),
+    folded into the UNet step instead of the file's embedding; a single-file base has no text
+    encoder: one clear line, nothing written. Models: tiny random ones in place of SD2.1."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    import lafr_core.lafr_file
+    import lafr_core.pipeline
+    from conftest import build_unet, tiny_unet_config
+    from lafr_core.pipeline import LafrPipeline
+    from lafr_core.text_encoder import encode_prompt
+    from osediff_fixtures import write_tokenizer
+    from test_pipeline import tiny_weights
+
+    base = tmp_path / "sd21"
+    write_tokenizer(base / "tokenizer")
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=4, max_position_embeddings=77)).save_pretrained(base / "text_encoder")
+    lafr = tmp_path / "tiny.safetensors"
+    lafr.write_bytes(b"read by the stand-in loader")
+    monkeypatch.setattr(lafr_core.lafr_file, "load_lafr", lambda path: tiny_weights()[0])
+    monkeypatch.setattr(lafr_core.pipeline, "load_sd21", lambda source: (build_unet(tiny_unet_config()), cli_fixtures.tiny_vae()))
+    seen = []
+    from_modules = LafrPipeline.from_modules.__func__
+
+    def recording_from_modules(cls, *args, **kwargs):
+        seen.append(kwargs.get("prompt_embeds"))
+        return from_modules(cls, *args, **kwargs)
+
+    monkeypatch.setattr(LafrPipeline, "from_modules", classmethod(recording_from_modules))
+    photo = shutil.copy(DATA / "astronaut.png", tmp_path)
+    common = ["--base", str(base), "--lafr", str(lafr), "--detector", "mtcnn"]
+    assert main(build_parser().parse_args(["restore", photo, "-o", str(tmp_path / "file_prompt"), *common])) == 0
+    assert seen == [None]  # the file's own embedding
+    text = "an old man, smiling"
+    assert main(build_parser().parse_args(["restore", photo, "-o", str(tmp_path / "own_prompt"), *common, "--prompt", text])) == 0
+    assert torch.equal(seen[1], encode_prompt(base, text)) and seen[1].shape == (1, 77, 32)
+    a = np.asarray(Image.open(tmp_path / "file_prompt" / "astronaut.png"), dtype=np.float32)
+    b = np.asarray(Image.open(tmp_path / "own_prompt" / "astronaut.png"), dtype=np.float32)
+    assert np.abs(a - b)[100:200, 180:280].mean() > 0.5  # the face differs: another prompt
+    capsys.readouterr()
+
+    single = tmp_path / "v2-1_512-ema-pruned.safetensors"
+    single.write_bytes(b"x")
+    argv = ["restore", photo, "-o", str(tmp_path / "none"), "--base", str(single), "--lafr", str(lafr), "--prompt", text]
+    assert main(build_parser().parse_args(argv)) == 1
+    assert "error: --prompt needs SD2.1's text encoder: " in (out := capsys.readouterr().out)
+    assert "single-file checkpoint: it holds no tokenizer" in out
+    assert not (tmp_path / "none").exists()
