@@ -1,0 +1,144 @@
+"""`lafr eval`: score a restorer on HQ faces (degraded by a named preset) or LQ/HQ pairs.
+
+    lafr eval --hq celeba_512_validation --lq celeba_512_validation_lq --lafr mine.safetensors -o eval/
+    lafr eval --hq my_faces/ --preset celeba-test --seed 0 --lafr osediff_face.safetensors
+    lafr eval --hq HQ/ --lq LQ/ --restored other_tool_output/      # score another tool's results
+    lafr eval --hq HQ/ --preset x4 --restorer none                 # the LQ faces' own numbers
+
+Writes eval.csv (per face), summary.md (the printed table) and contact_sheet.png to --output.
+Exit codes: 0 done, 1 the inputs do not fit together, 2 weights or an identity model missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..identity import IDENTITY_BACKENDS, IdentityModelError, load_identity_model
+from .data import EvalDataError, EvalSet
+from .learned import FidAccumulator, load_fid_features, load_fid_stats, load_lpips
+from .report import contact_sheet, summary_table, write_csv
+from .runner import EvalOptions, Restorer, evaluate
+
+DEFAULT_PRESET = "celeba-test"
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hq", required=True, type=Path, help="folder of HQ faces (square = aligned; other photos are detected and aligned)")
+    parser.add_argument("--lq", type=Path, help="folder of LQ faces with the HQ file names (LQ/HQ pairs); without it the HQ faces are degraded")
+    parser.add_argument("--preset", help=f"degradation preset for the LQ faces (lafr_core.degrade.PRESETS; default {DEFAULT_PRESET} without --lq)")
+    parser.add_argument("--seed", type=int, default=0, help="degradation seed (each face's seed is (seed, crc32 of its name))")
+    parser.add_argument("--restored", type=Path, help="score faces another tool already restored (same file names) instead of restoring")
+    parser.add_argument("--restorer", choices=("auto", "none"), default="auto",
+                        help="auto: the LAFR / OSEDiff file (--lafr) on SD2.1-base (--base); none: score the LQ faces as they are")
+    parser.add_argument("--lafr", help="LAFR-format file of any engine the pack runs (LAFR, converted OSEDiff)")
+    parser.add_argument("--base", help="SD2.1-base: single-file checkpoint, diffusers folder or hub id")
+    parser.add_argument("--identity", choices=IDENTITY_BACKENDS, default="auto",
+                        help="auto: ArcFace if an .onnx recognizer is found, else dlib (pip install 'comfyui-lafr[identity]')")
+    parser.add_argument("--arcface", help="ArcFace .onnx file or folder (default: $LAFR_ARCFACE, ComfyUI/models/insightface, ~/.insightface/models)")
+    parser.add_argument("--lpips", choices=("vgg", "alex", "none"), default="vgg", help="LPIPS trunk (scored when its weights are in the torch hub cache)")
+    parser.add_argument("--no-fid", action="store_true", help="skip FID even when pytorch-fid and its weights are here")
+    parser.add_argument("--fid-stats", type=Path, help="reference FID statistics (.npz with mu, sigma, e.g. FFHQ's for FID-F); default: the HQ faces")
+    parser.add_argument("--y-channel", action="store_true", help="PSNR/SSIM on the luma Y channel instead of RGB (the face protocol's default)")
+    parser.add_argument("--no-lmd", action="store_true", help="skip the landmark distance (MTCNN on every face: the slowest metric on a CPU)")
+    parser.add_argument("--no-baseline", action="store_true", help="do not score the LQ faces too")
+    parser.add_argument("--size", type=int, default=512, help="face crop size (512: LAFR's)")
+    parser.add_argument("--limit", type=int, help="only the first N faces (by name)")
+    parser.add_argument("--batch-size", type=int, default=4, help="faces per restorer call")
+    parser.add_argument("--sheet-faces", type=int, default=16, help="faces shown on the contact sheet")
+    parser.add_argument("--device", help="cuda, cpu, ... (default: cuda when available)")
+    parser.add_argument("-o", "--output", type=Path, default=Path("eval"), help="folder for eval.csv, summary.md, contact_sheet.png")
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `eval` on an argparse subparsers object; the runner is `run_eval`."""
+    parser = subparsers.add_parser("eval", help="measure a restorer: PSNR, SSIM, LPIPS, landmarks, identity, FID",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_eval_arguments(parser)
+    parser.set_defaults(run=run_eval)
+    return parser
+
+
+def pipeline_restorer(base: str, lafr: Path, device: str | None, batch_size: int) -> Restorer:
+    """LafrPipeline on aligned crops, with the file's own colour fix (OSEDiff's adain) applied
+    against the LQ crop as its engine does; imported only here (diffusers)."""
+    from ..face import correct_colour
+    from ..lafr_file import load_lafr
+    from ..pipeline import LafrPipeline
+
+    weights = load_lafr(lafr)
+    pipe = LafrPipeline.from_pretrained(base, weights, device=device)
+
+    def restore(crops: torch.Tensor) -> torch.Tensor:
+        restored = pipe.restore(crops, batch_size=batch_size)
+        return correct_colour(restored, crops, weights.colour_fix) if weights.colour_fix != "none" else restored
+
+    return restore
+
+
+def _restorer(args: argparse.Namespace) -> tuple[Restorer | None, str | None]:
+    """(restorer, None) or (None, the missing-weights message)."""
+    if args.restored is not None or args.restorer == "none":
+        return None, None
+    from ..restore_cli import find_weights
+
+    found = find_weights(args.base, args.lafr)
+    if found.missing:
+        problems = found.missing.split("\n", 1)[1] if "\n" in found.missing else found.missing
+        return None, f"lafr eval: missing weights.\n{problems}\n  (--restorer none scores the LQ faces alone; --restored DIR scores another tool's outputs)"
+    return pipeline_restorer(found.base, found.lafr, args.device, args.batch_size), None
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    preset = args.preset if args.lq is None else None
+    if args.lq is None and preset is None:
+        preset = DEFAULT_PRESET
+    if args.lq is not None and args.preset is not None:
+        print("lafr eval: --preset degrades HQ faces; with --lq the LQ faces are given. Use one of them.")
+        return 1
+    try:
+        data = EvalSet.from_folders(args.hq, lq=args.lq, preset=preset, seed=args.seed, restored=args.restored, size=args.size, limit=args.limit)
+    except (EvalDataError, ValueError) as exc:
+        print(f"lafr eval: {exc}")
+        return 1
+    try:
+        identity = load_identity_model(args.identity, args.arcface, device)
+    except IdentityModelError as exc:
+        print(f"lafr eval: {exc}\n  (--identity none skips identity)")
+        return 2
+    notes = []
+    lpips = None
+    if args.lpips != "none":
+        lpips, note = load_lpips(args.lpips, device)
+        notes += [note] if note else []
+    fid = None
+    if not args.no_fid:
+        features, note = load_fid_features(device)
+        fid = FidAccumulator(features) if features is not None else None
+        notes += [note] if note else []
+    restore, missing = _restorer(args)
+    if missing:
+        print(missing)
+        return 2
+    if restore is None and args.restored is None:
+        notes.append("no restorer: the 'restored' column is the LQ input itself")
+    options = EvalOptions(batch_size=args.batch_size, y_channel=args.y_channel, baseline=not args.no_baseline, landmarks=not args.no_lmd,
+                          sheet_faces=args.sheet_faces, fid_stats=load_fid_stats(args.fid_stats) if args.fid_stats else None)
+    notes.insert(0, f"{data.describe()}; PSNR/SSIM on {'Y' if args.y_channel else 'RGB'}, 8-bit")
+    try:
+        result = evaluate(data, restore, identity, lpips, fid, options, notes)
+    except EvalDataError as exc:
+        print(f"lafr eval: {exc}")
+        return 1
+    args.output.mkdir(parents=True, exist_ok=True)
+    write_csv(result, args.output / "eval.csv")
+    table = summary_table(result)
+    (args.output / "summary.md").write_text(table + "\n")
+    contact_sheet(result).save(args.output / "contact_sheet.png")
+    print(table)
+    faces = len(result.rows)
+    print(f"{faces} faces: restore {result.seconds_restore:.1f} s, metrics {result.seconds_metrics:.1f} s; wrote {args.output}/eval.csv, summary.md, contact_sheet.png")
+    return 0
