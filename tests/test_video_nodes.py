@@ -125,6 +125,17 @@ def test_temporal_detect_steadies_the_crops_and_carries_track_ids(pack, host, cl
     (out,) = paste.paste(frames, crops_t, faces_t, strength=1.0, colour_correction="lab", feather=0.3)["result"]
     assert out.shape == frames.shape and (out - frames).abs().max() < 0.2  # its own crops back: nearly the input
 
+    def colour_flicker(crops, faces) -> float:
+        """Mean |change| between frames of a flat grey face colour-corrected (lab) to each frame:
+        the colour statistics' own flicker, 8-bit levels (mask and crop follow the landmarks)."""
+        (pasted,) = paste.paste(frames, torch.full_like(crops, 0.5), faces, strength=1.0, colour_correction="lab", feather=0.3)["result"]
+        inner = pasted[:, 84:116, 82:110].mean(dim=(1, 2)) * 255  # inside the face mask in every frame
+        return float((inner[1:] - inner[:-1]).abs().mean())
+
+    flicker_pf, flicker_t = colour_flicker(crops_pf, faces_pf), colour_flicker(crops_t, faces_t)
+    print(f"lab colour-correction flicker, per-frame -> temporal: {flicker_pf:.3f} -> {flicker_t:.3f} levels")
+    assert flicker_t < flicker_pf / 3 and flicker_t < 0.5
+
 
 def test_temporal_restore_equals_restore_images_with_temporal_faces(pack, host, clip):
     frames, _ = clip
