@@ -4,7 +4,9 @@ Why a separate top-level package with this name: A1111 puts an extension's root 
 while its scripts/*.py import, next to every other extension's root, so the adapter needs a name
 no other extension uses. One job per module:
   args         the restorer's and the Extras script's arguments, checked (extra keys forbidden)
-  unet_hooks   the LAFR conv LoRA as removable forward hooks on the host UNet
+  unet_hooks   a file's LoRA (any Conv2d/Linear), replacements and VAE-encoder LoRA as removable
+               forward hooks on the host's UNet and VAE (A1111)
+  prompt       the run's prompt embedding: the file's, or text the loaded checkpoint encodes (cached)
   model_check  what the webui has loaded (SD1/SD2/SDXL, eps/v), duck-typed
   a1111, forge the loaded model as a lafr_core.host_chain.HostModel, each webui's way
   service      one run: check the model, load the file, run the chain, progress, clean up

@@ -6,9 +6,13 @@ Facts relied on (AUTOMATIC1111 v1.10.1, HOSTS.md):
     move-to-GPU hooks below it. For an eps model it returns eps; x0 is computed here in float64
     constants (lafr_core.schedule). cond is {"c_crossattn": [prompt]}.
   * sd_model.first_stage_model.encode(x in [-1, 1]) returns a posterior: LAFR uses its MODE (the
-    webui's get_first_stage_encoding would sample it). decode_first_stage(z) divides by
-    sd_model.scale_factor itself.
-  * The LAFR LoRA is added by forward hooks (unet_hooks) around apply_model only, never merged.
+    webui's get_first_stage_encoding would sample it), also for a file that asks for a sampled
+    latent (service says so once). decode_first_stage(z) divides by sd_model.scale_factor itself.
+  * The file's UNet LoRA (any Conv2d/Linear) and replacements (OSEDiff's conv_in) are forward hooks
+    around apply_model only, its VAE-encoder LoRA hooks on first_stage_model around our encode
+    only (unet_hooks): never merged, so A1111's Lora extension never backs up LAFR's weights.
+  * The prompt is the `weights.prompt_embeds` the caller chose (the file's, or text encoded by the
+    host: lafr_webui.prompt).
 Host-free: the webui's device and dtypes are passed in, so tests drive it with stand-ins.
 """
 
@@ -22,7 +26,7 @@ from lafr_core.host_chain import DEFAULT_OOM_ERRORS, HostModel
 from lafr_core.lafr_file import LafrWeights
 from lafr_core.schedule import x0_from_eps
 
-from .unet_hooks import ConvLoraHooks
+from .unet_hooks import unet_hooks, vae_encoder_hooks
 
 
 def _to_nchw(crops: torch.Tensor) -> torch.Tensor:
@@ -50,11 +54,12 @@ class A1111Model:
         self.weights = weights
         self.device = torch.device(device)
         self.vae_dtype = vae_dtype
-        unet = sd_model.model.diffusion_model
-        self.hooks = ConvLoraHooks(unet, weights.kohya_lora, lora_strength) if weights.kohya_lora else None
+        self.unet_hooks = unet_hooks(sd_model.model.diffusion_model, weights.kohya_lora, weights.unet_set, lora_strength)
+        self.vae_hooks = vae_encoder_hooks(sd_model.first_stage_model, weights.vae_lora)
 
     def encode(self, crops: torch.Tensor) -> torch.Tensor:
-        posterior = self.sd_model.first_stage_model.encode(_to_nchw(crops).to(self.device, self.vae_dtype))
+        with self.vae_hooks:
+            posterior = self.sd_model.first_stage_model.encode(_to_nchw(crops).to(self.device, self.vae_dtype))
         if not hasattr(posterior, "mode"):
             raise TypeError(f"first_stage_model.encode returned {type(posterior).__name__}, not a posterior with "
                             "mode(): another extension replaced the VAE encoder")
@@ -65,11 +70,8 @@ class A1111Model:
         t = torch.full((n,), timestep, device=self.device, dtype=torch.long)
         prompt = self.weights.prompt_embeds.to(self.device).expand(n, -1, -1)
         x = z_t.to(self.device)
-        if self.hooks is None:
+        with self.unet_hooks:
             eps = self.sd_model.apply_model(x, t, {"c_crossattn": [prompt]})
-        else:
-            with self.hooks:
-                eps = self.sd_model.apply_model(x, t, {"c_crossattn": [prompt]})
         return x0_from_eps(x.float(), eps.float(), timestep)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,8 @@ from lafr_core.face import COLOUR_CORRECTIONS, DETECTORS
 
 AUTOMATIC = "Automatic"  # Settings' LAFR file: the first file in models/LAFR
 FROM_SETTINGS = "Use settings"  # Extras' LAFR file: whatever Settings > LAFR says
+FILE_COLOUR = "file default"  # the file's own `lafr.colour_fix` (none for LAFR, adain for OSEDiff)
+COLOUR_CHOICES = (FILE_COLOUR, *COLOUR_CORRECTIONS)
 
 T = TypeVar("T")
 
@@ -54,6 +56,13 @@ def _check_name(where: str, name: str, value: Any) -> None:
         raise ArgsError(f"{where}: {name} must be a file name, got {value!r}")
 
 
+def _check_text(where: str, name: str, value: Any) -> str:
+    """Text, surrounding blanks dropped ("" = not set)."""
+    if not isinstance(value, str):
+        raise ArgsError(f"{where}: {name} must be text, got {value!r}")
+    return value.strip()
+
+
 @dataclass(frozen=True)
 class RestoreArgs:
     """Settings > LAFR: what the face restorer (txt2img/img2img "Restore faces", ADetailer) uses."""
@@ -61,14 +70,20 @@ class RestoreArgs:
     lafr_file: str = AUTOMATIC
     detector: str = "auto"
     strength: float = 1.0
-    colour_correction: str = "none"
+    colour_correction: str = FILE_COLOUR
+    prompt: str = ""  # "" = the file's own prompt
 
     def __post_init__(self) -> None:
         where = "Settings > LAFR"
         _check_name(where, "lafr_file", self.lafr_file)
         _check_choice(where, "detector", self.detector, DETECTORS)
         object.__setattr__(self, "strength", _check_unit(where, "strength", self.strength))
-        _check_choice(where, "colour_correction", self.colour_correction, COLOUR_CORRECTIONS)
+        _check_choice(where, "colour_correction", self.colour_correction, COLOUR_CHOICES)
+        object.__setattr__(self, "prompt", _check_text(where, "prompt", self.prompt))
+
+    def colour_for(self, file_colour_fix: str) -> str:
+        """The colour correction to run: the setting, or with FILE_COLOUR the file's own."""
+        return file_colour_fix if self.colour_correction == FILE_COLOUR else self.colour_correction
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RestoreArgs":
@@ -78,11 +93,12 @@ class RestoreArgs:
 @dataclass(frozen=True)
 class ExtrasArgs:
     """Extras tab > LAFR. `visibility` blends the restored faces over the input (GFPGAN's name for
-    it); `lafr_file` FROM_SETTINGS defers to Settings > LAFR."""
+    it); `lafr_file` FROM_SETTINGS and an empty `prompt` defer to Settings > LAFR."""
 
     enable: bool = False
     visibility: float = 1.0
     lafr_file: str = FROM_SETTINGS
+    prompt: str = ""
 
     def __post_init__(self) -> None:
         where = "Extras > LAFR"
@@ -90,6 +106,7 @@ class ExtrasArgs:
             raise ArgsError(f"{where}: enable must be true or false, got {self.enable!r}")
         object.__setattr__(self, "visibility", _check_unit(where, "visibility", self.visibility))
         _check_name(where, "lafr_file", self.lafr_file)
+        object.__setattr__(self, "prompt", _check_text(where, "prompt", self.prompt))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ExtrasArgs":
@@ -101,7 +118,7 @@ class ExtrasArgs:
         return self.enable and self.visibility > 0.0
 
     def over(self, settings: RestoreArgs) -> RestoreArgs:
-        """The restorer arguments for this Extras run: visibility as strength, file if chosen."""
+        """The restorer arguments for this Extras run: visibility as strength, file and prompt if given."""
         lafr_file = settings.lafr_file if self.lafr_file == FROM_SETTINGS else self.lafr_file
         return RestoreArgs(lafr_file=lafr_file, detector=settings.detector, strength=self.visibility,
-                           colour_correction=settings.colour_correction)
+                           colour_correction=settings.colour_correction, prompt=self.prompt or settings.prompt)

@@ -42,7 +42,9 @@ class LafrExtras(scripts_postprocessing.ScriptPostprocessing):
                                        elem_id="extras_lafr_visibility")
                 lafr_file = gr.Dropdown(choices=[FROM_SETTINGS] + lafr_files(), value=defaults.lafr_file, label="LAFR file",
                                         elem_id="extras_lafr_file")
-        return {"enable": enable, "visibility": visibility, "lafr_file": lafr_file}
+            prompt = gr.Textbox(value=defaults.prompt, label="Prompt", elem_id="extras_lafr_prompt",
+                                placeholder="empty: Settings > LAFR's prompt, or the file's own")
+        return {"enable": enable, "visibility": visibility, "lafr_file": lafr_file, "prompt": prompt}
 
     def process(self, pp: Any, **args: Any) -> None:
         with image_kept("Extras", {"pp.image": pp.image, **args}):

@@ -27,11 +27,25 @@ def notify(message: str) -> None:
         pass
 
 
-def notify_once(key: Hashable, message: str) -> bool:
-    """notify(message) unless `key` was already shown; True when shown now."""
+def _first_time(key: Hashable) -> bool:
     if key in _shown:
         return False
     _shown.add(key)
+    return True
+
+
+def notify_once(key: Hashable, message: str) -> bool:
+    """notify(message) unless `key` was already shown; True when shown now."""
+    if not _first_time(key):
+        return False
     notify(message)
     return True
 
+
+def log_once(key: Hashable, message: str) -> bool:
+    """A console line, once per `key`, without a toast: for what the user may want to know but
+    need not act on (how the webui runs a file that asks for something it does otherwise)."""
+    if not _first_time(key):
+        return False
+    print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
+    return True

@@ -2,7 +2,10 @@
 
 Both entry points (face restorer, Extras) call `restore`. It never loads or swaps a checkpoint:
 the user's loaded model must be SD2.1-base (SD2.x eps), otherwise the image comes back unchanged
-with a message shown once. Progress goes to shared.state (textinfo and the step counters, put back
+with a message shown once. Any LAFR file runs, LAFR's own and converted OSEDiff ones: the prompt
+is the file's embedding, or text the loaded checkpoint encodes (lafr_webui.prompt); the colour fix
+"file default" is the file's `lafr.colour_fix`; a file asking for a sampled VAE latent gets the
+posterior mode, as in ComfyUI, said once. Progress goes to shared.state (textinfo and the step counters, put back
 afterwards), Interrupt/Skip stop it between face chunks (image unchanged), and
 devices.torch_gc() runs at the end whatever happened. The webui's modules are imported inside the
 functions, so this module imports without the webui.
@@ -10,6 +13,7 @@ functions, so this module imports without the webui.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,11 +22,13 @@ import torch
 
 from lafr_core.base_model import BaseModelError, require_sd2_epsilon
 from lafr_core.host_chain import ChainInterrupted, FaceOptions, restore_images
-from lafr_core.lafr_file import LafrFileError, LafrWeights, load_lafr
+from lafr_core.face import COLOUR_CORRECTIONS
+from lafr_core.lafr_file import LafrWeights, load_lafr
 
 from .args import RestoreArgs
-from .messages import notify, notify_once
+from .messages import log_once, notify, notify_once
 from .model_check import checkpoint_label, is_forge, loaded_model_info
+from .prompt import with_run_prompt
 from .settings import detector_weights, resolve_lafr_file
 
 _cache: dict[str, Any] = {}
@@ -92,6 +98,17 @@ def loaded_sd_model(shared: Any) -> Any:
     return sd_model
 
 
+def run_colour(args: RestoreArgs, weights: LafrWeights, name: str) -> str:
+    """The colour correction of this run: the setting's, or the file's own for FILE_COLOUR; one
+    this version of lafr_core.face lacks is said once and skipped."""
+    colour = args.colour_for(weights.colour_fix)
+    if colour not in COLOUR_CORRECTIONS:
+        log_once(("colour", name, colour), f"{name} asks for the {colour!r} colour fix, which this LAFR version does not "
+                                           f"have; its faces get none (choose one in Settings > LAFR)")
+        return "none"
+    return colour
+
+
 def _host_model(sd_model: Any, weights: LafrWeights, devices: Any):
     """(the model adapter, its cleanup) for the webui that is running."""
     if is_forge(sd_model):
@@ -126,13 +143,13 @@ def restore(images: torch.Tensor, args: RestoreArgs, label: str = "LAFR", file_s
         return Outcome(images, skipped=str(exc))
 
     path = resolve_lafr_file(args.lafr_file, setting=file_setting)
-    weights = cached_weights(path)
     name = path.name
-    if weights.engine != "lafr":  # its VAE-encoder LoRA and attention LoRA have no webui path yet
-        raise LafrFileError(
-            f"{name} is an {weights.engine_label} file; on A1111/Forge only LAFR files run for now (this one runs in "
-            f"ComfyUI and with `lafr restore`). Choose a LAFR file in {file_setting}.", path)
-    options = FaceOptions(detector=args.detector, strength=args.strength, colour_correction=args.colour_correction,
+    autocast = nullcontext if is_forge(sd_model) else getattr(devices, "autocast", nullcontext)  # as A1111 encodes prompts
+    weights = with_run_prompt(cached_weights(path), sd_model, args.prompt, autocast)
+    if weights.latent_rule != "mode":
+        log_once(("latent", name), f"{name} asks for a sampled VAE latent (seed {weights.latent_seed}); the webui "
+                                   "encodes to the posterior mode, as ComfyUI does")
+    options = FaceOptions(detector=args.detector, strength=args.strength, colour_correction=run_colour(args, weights, name),
                           detector_weights=detector_weights(args.detector))
     model, cleanup = _host_model(sd_model, weights, devices)
 

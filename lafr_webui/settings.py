@@ -1,4 +1,4 @@
-"""Settings > LAFR (file, detector, strength, colour correction) and the models/LAFR folder.
+"""Settings > LAFR (file, detector, strength, colour correction, prompt) and the models/LAFR folder.
 
 The section is added the way the webui's own extensions do it: a script_callbacks.on_ui_settings
 callback calling shared.opts.add_option(key, shared.OptionInfo(...)) with section ("lafr", "LAFR")
@@ -13,10 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lafr_core.face import COLOUR_CORRECTIONS, DETECTORS
+from lafr_core.face import DETECTORS
 from lafr_core.face.retinaface import NETWORKS
 
-from .args import AUTOMATIC, RestoreArgs
+from .args import AUTOMATIC, COLOUR_CHOICES, FILE_COLOUR, RestoreArgs
 
 SECTION = ("lafr", "LAFR")
 CATEGORY = "postprocessing"
@@ -28,6 +28,7 @@ OPTION_FIELDS = {
     "lafr_detector": "detector",
     "lafr_strength": "strength",
     "lafr_colour_correction": "colour_correction",
+    "lafr_prompt": "prompt",
 }
 AUTO_NETWORK = "resnet50"  # what "auto" picks when RetinaFace can run (lafr_core.face.resolve_detector)
 
@@ -100,8 +101,12 @@ def add_settings() -> None:
                                            {"minimum": 0.0, "maximum": 1.0, "step": 0.01}).info(
             "blend of the restored face over the original; 0 = original"),
         "lafr_colour_correction": shared.OptionInfo(defaults.colour_correction, "Colour correction", gr.Radio,
-                                                    {"choices": list(COLOUR_CORRECTIONS)}).info(
-            "match the restored face's colours to the original face: lab (mean/std) or wavelet (low frequencies)"),
+                                                    {"choices": list(COLOUR_CHOICES)}).info(
+            f"match the restored face's colours to the original face; {FILE_COLOUR} = what the file asks for "
+            "(LAFR: none, OSEDiff: adain)"),
+        "lafr_prompt": shared.OptionInfo(defaults.prompt, "LAFR prompt", gr.Textbox).info(
+            "empty = the file's own prompt; text here replaces it, encoded by the loaded checkpoint's text encoder "
+            "(for OSEDiff files, e.g. 'face, close-up, portrait, sharp')"),
     }
     for key, info in options.items():
         info.section = SECTION

@@ -28,7 +28,8 @@ def test_restore_args_defaults_and_checks():
     assert RestoreArgs.from_dict({"strength": 0}).strength == 0.0
     for bad, message in [({"detector": "yolo"}, "detector must be one of"), ({"strength": True}, "must be a number"),
                          ({"strength": float("nan")}, "must be a number"), ({"colour_correction": "auto"}, "colour_correction"),
-                         ({"lafr_file": " "}, "must be a file name"), ({"typo": 1}, "unknown argument")]:
+                         ({"lafr_file": " "}, "must be a file name"), ({"typo": 1}, "unknown argument"),
+                         ({"prompt": 3}, "prompt must be text")]:
         with pytest.raises(ArgsError, match=message):
             RestoreArgs.from_dict(bad)
 
@@ -43,6 +44,10 @@ def test_extras_args_none_means_off_and_over_settings():
     settings = RestoreArgs(lafr_file="a.safetensors", detector="mtcnn", strength=0.3, colour_correction="lab")
     assert ExtrasArgs(enable=True, visibility=0.6).over(settings) == RestoreArgs("a.safetensors", "mtcnn", 0.6, "lab")
     assert ExtrasArgs(enable=True, lafr_file="b.safetensors").over(settings).lafr_file == "b.safetensors"
+    prompted = RestoreArgs(prompt="face, sharp")
+    assert ExtrasArgs(enable=True).over(prompted).prompt == "face, sharp"  # empty field: the settings' prompt
+    assert ExtrasArgs.from_dict({"enable": True, "prompt": " smile "}).over(prompted).prompt == "smile"
+    assert RestoreArgs().colour_for("adain") == "adain" and RestoreArgs(colour_correction="lab").colour_for("adain") == "lab"
     assert ExtrasArgs().lafr_file == FROM_SETTINGS and RestoreArgs().lafr_file == AUTOMATIC
 
 

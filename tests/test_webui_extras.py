@@ -83,7 +83,7 @@ def test_none_args_and_disabled_mean_off(extras, sd2, args):
 
 @pytest.mark.parametrize("args, message", [
     ({"enable": True, "strength": 0.5},
-     "Extras > LAFR: unknown argument(s) ['strength']; expected ['enable', 'lafr_file', 'visibility']"),
+     "Extras > LAFR: unknown argument(s) ['strength']; expected ['enable', 'lafr_file', 'prompt', 'visibility']"),
     ({"enable": True, "visibility": 2.0}, "Extras > LAFR: visibility must be between 0 and 1, got 2.0"),
 ])
 def test_a_bad_argument_is_one_line_and_the_image_passes_through(extras, sd2, args, message, capsys):
@@ -162,7 +162,7 @@ def test_ui_components_are_the_process_arguments(extras, monkeypatch):
     from lafr_webui.args import ExtrasArgs
 
     controls = extras.ui()
-    assert list(controls) == ["enable", "visibility", "lafr_file"]
+    assert list(controls) == ["enable", "visibility", "lafr_file", "prompt"]
     assert set(controls) == set(ExtrasArgs.__dataclass_fields__)
     assert controls["lafr_file"].kwargs["choices"] == ["Use settings", "faces.safetensors"]
     assert isinstance(controls["enable"], InputAccordion) and controls["enable"].args == (False,)

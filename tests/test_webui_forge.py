@@ -1,12 +1,15 @@
 """The Forge path against small stand-ins of the Forge objects it touches, with Forge's semantics as
-read from its source (backend/patcher/*.py, backend/modules/k_model.py, HOSTS.md): a UnetPatcher
-whose clone shares the KModel, add_patches recording patch sets, load_model_gpu merging the loaded
-patcher's set into the shared weights (keeping a backup), KModel.apply_model(x, sigma) scaling its
-input by 1/sqrt(sigma^2+1) and returning x0, a VAE whose encode samples unless a regulation is set."""
+read from its source (backend/patcher/*.py, backend/modules/k_model.py, HOSTS.md): a ModelPatcher
+(UNet and VAE) whose clone shares the model, add_patches recording patch sets, load_model_gpu
+merging the loaded patcher's set ("lora" and "set" patches) into the shared weights (keeping a
+backup), KModel.apply_model(x, sigma) scaling its input by 1/sqrt(sigma^2+1) and returning x0, a
+VAE whose encode loads its patcher and samples unless a regulation is set. Also a converted
+OSEDiff-face file (all-layer LoRA, conv_in replaced, VAE-encoder LoRA) against lafr_core.pipeline."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import sys
 import types
@@ -20,9 +23,13 @@ from torch import nn
 import lafr_webui.messages as messages
 from lafr_core.lora import merge_kohya_lora
 from lafr_core.schedule import sd21_alphas_cumprod, x0_from_eps
-from lafr_webui.forge import ForgeModel
+from lafr_core.host_chain import restore_crops
+from lafr_core.lafr_file import load_lafr
+from lafr_webui.forge import REPLACEMENT_NAME, ForgeModel
+from lafr_webui.prompt import with_run_prompt
 from webui_fakes import FakeWebui, lafr_entries, photo
-from webui_models import LdmNamedUNet, TinyVAE, build_unet, lafr_weights, tiny_sd2_config, write_lafr_file
+from webui_models import (FakeLatentDiffusion, LdmNamedUNet, TinyVAE, build_unet, lafr_weights, pipeline_restore, tiny_sd2_config,
+                          write_lafr_file, write_osediff_file)
 
 
 class LoraLoader:
@@ -40,9 +47,13 @@ class LoraLoader:
             params[key].copy_(weight)
         self.backup = {}
         for (_, strength, _, _), patches in lora_patches.items():
-            for key, (kind, (up, down, alpha, _, _)) in patches.items():
-                assert kind == "lora"
+            for key, (kind, value) in patches.items():
                 self.backup.setdefault(key, params[key].detach().clone())
+                if kind == "set":  # merge_lora_to_weight: weight.copy_(v[0]), strength ignored
+                    params[key].copy_(value[0])
+                    continue
+                assert kind == "lora"
+                up, down, alpha, _, _ = value
                 delta = (up.flatten(1).float() @ down.flatten(1).float()).reshape(params[key].shape)
                 params[key].add_(strength * alpha / down.shape[0] * delta)
         self.loaded = str(list(lora_patches))
@@ -65,13 +76,17 @@ class KModel(nn.Module):
         return x - eps * sigma
 
 
-class UnetPatcher:
+class ModelPatcher:
+    """backend.patcher.base.ModelPatcher: one LoraLoader per model, shared by the patcher's clones."""
+
     def __init__(self, model):
-        self.model, self.lora_patches, self.load_device = model, {}, torch.device("cpu")
+        self.model, self.lora_patches, self.model_options, self.load_device = model, {}, {}, torch.device("cpu")
+        if not hasattr(model, "lora_loader"):
+            model.lora_loader = LoraLoader(model)
 
     def clone(self):
-        other = UnetPatcher(self.model)
-        other.lora_patches = dict(self.lora_patches)
+        other = ModelPatcher(self.model)
+        other.lora_patches, other.model_options = dict(self.lora_patches), dict(self.model_options)
         return other
 
     def add_patches(self, *, filename, patches, strength_patch=1.0, strength_model=1.0, online_mode=False):
@@ -83,31 +98,25 @@ class UnetPatcher:
     def refresh_loras(self):
         self.model.lora_loader.refresh(self.lora_patches)
 
-
-class VaePatcher:
-    def __init__(self, options=None):
-        self.model_options = dict(options or {})
-
-    def clone(self):
-        return VaePatcher(self.model_options)
-
     def set_model_vae_regulation(self, regulation):
         self.model_options["model_vae_regulation"] = regulation
 
 
 class VAE:
     def __init__(self, first_stage_model, patcher=None):
-        self.first_stage_model, self.patcher = first_stage_model, patcher or VaePatcher()
+        self.first_stage_model, self.patcher = first_stage_model, patcher or ModelPatcher(first_stage_model)
 
     def clone(self):
         return VAE(self.first_stage_model, self.patcher.clone())
 
     def encode(self, pixels):
+        self.patcher.refresh_loras()  # load_models_gpu([patcher]) -> LoadedModel.model_load -> refresh_loras()
         posterior = self.first_stage_model.encode(pixels.movedim(-1, 1) * 2 - 1)
         regulation = self.patcher.model_options.get("model_vae_regulation")
         return regulation(posterior) if regulation else posterior.sample()
 
     def decode(self, latents):
+        self.patcher.refresh_loras()
         return ((self.first_stage_model.decode(latents) + 1) / 2).clamp(0, 1).movedim(1, -1)
 
 
@@ -149,7 +158,7 @@ def parts():
     config = tiny_sd2_config()
     unet = build_unet(config)
     kmodel = KModel(unet, config)
-    engine = SimpleNamespace(forge_objects=SimpleNamespace(unet=UnetPatcher(kmodel), vae=VAE(TinyVAE())), is_sd1=False,
+    engine = SimpleNamespace(forge_objects=SimpleNamespace(unet=ModelPatcher(kmodel), vae=VAE(TinyVAE())), is_sd1=False,
                              is_sd2=True, is_sdxl=False, sd_checkpoint_info=SimpleNamespace(title="tiny-forge-sd21"))
     weights = lafr_weights(SimpleNamespace(unet=unet, config=config))
     return SimpleNamespace(config=config, unet=unet, kmodel=kmodel, engine=engine, weights=weights)
@@ -226,3 +235,72 @@ def test_the_face_restorer_on_forge_restores_and_leaves_the_shared_unet_as_it_wa
     assert parts.kmodel.calls == 1 and len(loaded) == 1
     assert not _changed(parts.kmodel, before)
     assert math.isclose(float(parts.kmodel.predictor.sigmas[999]), 14.6146, rel_tol=1e-4)
+
+
+# ----------------------------------------------------------------------------- a converted OSEDiff file
+
+
+@pytest.fixture(scope="module")
+def osediff(tmp_path_factory):
+    """A Forge engine over the A1111 stand-in's modules (LDM-named UNet and VAE), its text encoder,
+    and an OSEDiff-face file for it; `run` carries the file's prompt as that encoder gives it."""
+    model = FakeLatentDiffusion(vae="ldm")
+    kmodel = KModel(model.unet, model.config)
+    engine = SimpleNamespace(forge_objects=SimpleNamespace(unet=ModelPatcher(kmodel), vae=VAE(model.first_stage_model)),
+                             is_sd1=False, is_sd2=True, is_sdxl=False, sd_checkpoint_info=SimpleNamespace(title="tiny-forge-osediff"),
+                             get_learned_conditioning=model.get_learned_conditioning)
+    weights = load_lafr(write_osediff_file(tmp_path_factory.mktemp("osediff") / "osediff_face.safetensors", model))
+    crops = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(4))
+    run = with_run_prompt(weights, engine, "")
+    return SimpleNamespace(model=model, kmodel=kmodel, engine=engine, weights=weights, run=run, crops=crops,
+                           reference=pipeline_restore(model, run, crops))
+
+
+def _fingerprints(osediff):
+    return _snapshot(osediff.kmodel), _snapshot(osediff.model.first_stage_model)
+
+
+def _unchanged(osediff, before):
+    return not _changed(osediff.kmodel, before[0]) and not _changed(osediff.model.first_stage_model, before[1])
+
+
+@torch.no_grad()
+def test_an_osediff_file_on_forge_equals_the_pipeline_and_every_weight_comes_back(osediff, loaded):
+    before = _fingerprints(osediff)
+    model = ForgeModel(osediff.engine, osediff.run)
+    replaced = model.unet.lora_patches[(REPLACEMENT_NAME, 1.0, 1.0, False)]
+    assert {k: v[0] for k, v in replaced.items()} == {"diffusion_model.input_blocks.0.0.weight": "set",
+                                                       "diffusion_model.input_blocks.0.0.bias": "set"}
+    try:
+        out = restore_crops(osediff.run, osediff.crops, model.host_model())
+        assert not _unchanged(osediff, before)  # Forge merged the file into the shared UNet and VAE...
+    finally:
+        model.restore_user_weights()
+    assert _unchanged(osediff, before)  # ...and the user's (empty) patch sets are back, bit for bit
+
+    bare = dataclasses.replace(osediff.run, kohya_lora=None, unet_set=None, vae_lora=None)
+    plain = ForgeModel(osediff.engine, bare)
+    effect = (restore_crops(bare, osediff.crops, plain.host_model()) - osediff.reference).abs().max()
+    plain.restore_user_weights()
+    error = (out - osediff.reference).abs().max()
+    print(f"Forge path vs pipeline: max abs {error:.2e}; the file's weights change the output by {effect:.3f}")
+    assert error < 2e-3 and effect > 0.1
+    assert osediff.engine.forge_objects.unet.lora_patches == {} and osediff.engine.forge_objects.vae.patcher.lora_patches == {}
+
+
+@torch.no_grad()
+def test_a_raising_forge_step_leaves_the_shared_weights_as_they_were(osediff, loaded):
+    before = _fingerprints(osediff)
+    model = ForgeModel(osediff.engine, osediff.run)
+
+    def boom(module, args):
+        raise RuntimeError("boom inside the UNet")
+
+    handle = osediff.kmodel.diffusion_model.get_submodule("middle_block.1").register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom inside"):
+            restore_crops(osediff.run, osediff.crops, model.host_model())
+    finally:
+        handle.remove()
+        model.restore_user_weights()  # what service.restore's finally does
+    assert _unchanged(osediff, before)

@@ -12,7 +12,7 @@ from torch import nn
 from lafr_core.lora import merge_kohya_lora
 from lafr_core.schedule import x0_from_eps
 from lafr_webui.a1111 import A1111Model
-from lafr_webui.unet_hooks import ConvLoraHooks
+from lafr_webui.unet_hooks import unet_hooks
 from conftest import build_unet
 from webui_models import FakeLatentDiffusion, lafr_lora, lafr_weights, tiny_sd2_config
 
@@ -60,7 +60,7 @@ def test_hooked_apply_model_equals_merged_lora_reference(model, weights, strengt
     expected = reference(z, t, encoder_hidden_states=prompt).sample
     base = model.apply_model(z, t, {"c_crossattn": [prompt]})
 
-    with ConvLoraHooks(model.model.diffusion_model, weights.kohya_lora, strength):
+    with unet_hooks(model.model.diffusion_model, weights.kohya_lora, strength=strength):
         hooked = model.apply_model(z, t, {"c_crossattn": [prompt]})
 
     assert (expected - base).abs().max() > 0.05  # the LoRA really changes eps: the check below can fail
@@ -104,18 +104,18 @@ def test_hooks_leave_every_weight_bit_identical_after_success_and_after_an_excep
         handle.remove()
     _assert_bit_identical(unet, before)
     assert not _hooks_left(unet)
-    assert not host.hooks.active
+    assert not host.unet_hooks.active
 
 
 def test_a_lora_for_another_unet_is_refused_before_any_hook(model, weights):
     unet = model.model.diffusion_model
     renamed = {k.replace("lora_unet_input_blocks_1_0", "lora_unet_input_blocks_9_9"): v for k, v in weights.kohya_lora.items()}
-    with pytest.raises(ValueError, match="does not fit this UNet"):
-        ConvLoraHooks(unet, renamed)
+    with pytest.raises(ValueError, match="does not fit this model: 2 of 65 layers name no Conv2d or Linear"):
+        unet_hooks(unet, renamed)
 
     narrow = build_unet({**tiny_sd2_config(), "block_out_channels": [16, 16, 32, 32], "norm_num_groups": 4}, seed=1)
-    with pytest.raises(ValueError, match="does not fit the conv weight"):
-        ConvLoraHooks(unet, lafr_lora(narrow))
+    with pytest.raises(ValueError, match="does not fit the Conv2d weight"):
+        unet_hooks(unet, lafr_lora(narrow))
     assert not _hooks_left(unet)
 
 
@@ -144,7 +144,7 @@ def test_hooks_follow_a_half_precision_unet(model, weights):
     expected = reference(z.bfloat16(), t, encoder_hidden_states=prompt.bfloat16()).sample.float()
     unmerged = half.unet(z.bfloat16(), t, encoder_hidden_states=prompt.bfloat16()).sample.float()
 
-    with ConvLoraHooks(half.model.diffusion_model, weights.kohya_lora):
+    with unet_hooks(half.model.diffusion_model, weights.kohya_lora):
         hooked = half.apply_model(z.bfloat16(), t, {"c_crossattn": [prompt.bfloat16()]})
 
     assert hooked.dtype == torch.bfloat16

@@ -111,8 +111,12 @@ def test_settings_section(webui, monkeypatch, sd2, lafr_file):
     assert {labels[k].category_id for k in labels} == {"postprocessing"}
     assert labels["lafr_file"].component_args()["choices"] == ["Automatic", "sub/b.safetensors"]
     assert labels["lafr_detector"].component_args["choices"][0] == "auto"
+    assert labels["lafr_colour_correction"].component_args["choices"][:2] == ["file default", "none"]
+    assert labels["lafr_prompt"].label == "LAFR prompt" and labels["lafr_prompt"].default == ""
     defaults = read_settings(webui.shared.opts)
-    assert defaults == RestoreArgs("Automatic", "auto", 1.0, "none")
+    assert defaults == RestoreArgs("Automatic", "auto", 1.0, "file default", "")
+    webui.shared.opts.lafr_prompt = "  a face, sharp  "
+    assert read_settings(webui.shared.opts).prompt == "a face, sharp"
 
     webui.shared.opts.lafr_strength = 1.5
     from lafr_webui.args import ArgsError
@@ -252,21 +256,3 @@ def test_forge_loads_the_users_selected_checkpoint_lazily(webui, monkeypatch, ca
     assert np.array_equal(lafr_entries(webui)[0].restore(image), image)
     assert reloads == [1]
     assert "sd1.x" in capsys.readouterr().err  # the loaded checkpoint was then checked (and refused)
-
-
-def test_a_file_of_another_engine_is_refused_in_one_line(ready, sd2, monkeypatch, capsys):
-    """OSEDiff files (format 2) need an attention LoRA and a VAE-encoder LoRA the webui paths do not
-    apply yet: refused by name, never run half-applied."""
-    import dataclasses
-
-    import lafr_webui.service as service
-
-    real = service.cached_weights
-    monkeypatch.setattr(service, "cached_weights",
-                        lambda path: dataclasses.replace(real(path), meta={**real(path).meta, "lafr.engine": "osediff-face"}))
-    sd2.apply_calls = 0
-    image = photo()
-    assert np.array_equal(lafr_entries(ready)[0].restore(image), image)
-    err = capsys.readouterr().err
-    assert err.count("[LAFR]") == 1 and "is an OSEDiff" in err and "only LAFR files run for now" in err, err
-    assert sd2.apply_calls == 0

@@ -217,6 +217,7 @@ def fake_gradio() -> types.ModuleType:
 
     return _module("gradio", Dropdown=type("Dropdown", (Component,), {}), Radio=type("Radio", (Component,), {}),
                    Slider=type("Slider", (Component,), {}), Row=type("Row", (Component,), {}),
+                   Textbox=type("Textbox", (Component,), {}),
                    Warning=lambda message: None, Component=Component)
 
 

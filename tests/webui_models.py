@@ -1,12 +1,15 @@
 """A tiny A1111-style SD2 model for the webui tests: a diffusers UNet (SD2.1 layout, toy widths,
 1024-wide cross-attention so a real LAFR file fits) whose modules also sit in a module tree named
 like A1111's openaimodel.UNetModel, an LDM-style VAE with a posterior, and a LatentDiffusion-like
-wrapper with apply_model / first_stage_model / decode_first_stage and the webui's model flags.
-Plus a LAFR LoRA (peft on a copy, exported to kohya) and LafrWeights / a LAFR file for it."""
+wrapper with apply_model / first_stage_model / decode_first_stage / get_learned_conditioning and
+the webui's model flags. Plus a LAFR LoRA (peft on a copy, exported to kohya) and LafrWeights / a
+LAFR file for it, and an OSEDiff-style converted file (LAFR format 2): LoRA on every Conv2d and
+attention/feed-forward/projection Linear, conv_in replaced, a LoRA on the VAE encoder."""
 
 from __future__ import annotations
 
 import copy
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,8 +18,8 @@ from torch import nn
 
 from conftest import build_unet, tiny_unet_config
 from lafr_core.adapter import AlignerConfig, LatentAligner
-from lafr_core.lafr_file import LafrWeights, save_lafr
-from lafr_core.ldm_keys import layout_from_diffusers_config, unet_key_map
+from lafr_core.lafr_file import VAE_LORA_PREFIX, LafrWeights, save_lafr
+from lafr_core.ldm_keys import kohya_unet_name, layout_from_diffusers_config, unet_key_map, vae_encoder_key_map
 from lafr_core.lora import add_conv_lora, lora_state_to_kohya
 
 CONTEXT = 1024
@@ -36,21 +39,57 @@ class LdmNamedUNet(nn.Module):
         super().__init__()
         object.__setattr__(self, "_unet", unet)  # not a child: every module appears once, by its LDM name
         self.in_channels = config["in_channels"]
-        for diffusers_name, ldm_name in unet_key_map(**layout_from_diffusers_config(config)).items():
-            try:
-                module = unet.get_submodule(diffusers_name)
-            except AttributeError:  # conv_shortcut exists only where channels change
-                continue
-            parent = self
-            *path, leaf = ldm_name.split(".")
-            for part in path:
-                if not hasattr(parent, part):
-                    parent.add_module(part, nn.Module())
-                parent = getattr(parent, part)
-            parent.add_module(leaf, module)
+        register_renamed(self, unet, unet_key_map(**layout_from_diffusers_config(config)))
 
     def forward(self, x, timesteps, context=None):
         return self._unet(x, timesteps, encoder_hidden_states=context).sample
+
+
+def register_renamed(root: nn.Module, source: nn.Module, names: dict[str, str]) -> None:
+    """Put source's modules into root under new paths ({source path: new path})."""
+    for old, new in names.items():
+        try:
+            module = source.get_submodule(old)
+        except AttributeError:  # conv_shortcut exists only where channels change
+            continue
+        parent = root
+        *path, leaf = new.split(".")
+        for part in path:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(leaf, module)
+
+
+# SD2.1's VAE layout (4 levels, 2 resnets each: what ldm_keys' VAE encoder map knows) at toy widths
+TINY_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(4, 4, 8, 8), layers_per_block=2,
+                       down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=2)
+
+
+def build_vae(seed: int = 5) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(**TINY_VAE_CONFIG).eval()
+
+
+class LdmNamedVAE(nn.Module):
+    """A diffusers AutoencoderKL whose encoder and quant_conv sit under their LDM paths
+    (encoder.down.0.block.0.conv1, encoder.mid.attn_1.q, ...: A1111's and Forge's first_stage_model
+    names), decoder and post_quant_conv under their own; encode gives the posterior (mode(),
+    sample()), decode -1..1, as ldm's AutoencoderKL. The mid attention stays diffusers' Linear
+    (LDM has 1x1 convs there: tests/host/test_webui_ldm.py runs those)."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_vae", vae)
+        register_renamed(self, vae, {**vae_encoder_key_map(), "decoder": "decoder", "post_quant_conv": "post_quant_conv"})
+
+    def encode(self, x):
+        return self._vae.encode(x).latent_dist
+
+    def decode(self, z):
+        return self._vae.decode(z).sample
 
 
 class Posterior:
@@ -86,18 +125,25 @@ class FakeLatentDiffusion(nn.Module):
     """What A1111's shared.sd_model offers LAFR: flags, parameterization, model.diffusion_model,
     first_stage_model, scale_factor, apply_model(x, t, cond) returning eps, decode_first_stage."""
 
-    def __init__(self, family: str = "sd2", parameterization: str = "eps", context: int = CONTEXT, seed: int = 0):
+    def __init__(self, family: str = "sd2", parameterization: str = "eps", context: int = CONTEXT, seed: int = 0,
+                 vae: str = "tiny"):
         super().__init__()
         self.config = tiny_sd2_config(context)
         self.unet = build_unet(self.config, seed=seed)  # kept for references; its modules are shared
         self.model = nn.Module()
         self.model.diffusion_model = LdmNamedUNet(self.unet, self.config)
-        self.first_stage_model = TinyVAE()
+        self.first_stage_model = TinyVAE() if vae == "tiny" else LdmNamedVAE(build_vae())
         self.scale_factor = 0.18215
         self.parameterization = parameterization
         self.is_sd1, self.is_sd2, self.is_sdxl = family == "sd1", family == "sd2", family == "sdxl"
         self.sd_checkpoint_info = SimpleNamespace(title=f"tiny-{family}-{parameterization}.safetensors")
         self.apply_calls = 0
+        self.text_calls: list[list[str]] = []
+
+    def get_learned_conditioning(self, texts):
+        """A stand-in text encoder: [len(texts), 77, context], a function of each text only."""
+        self.text_calls.append(list(texts))
+        return torch.cat([text_embedding(text, self.config["cross_attention_dim"]) for text in texts])
 
     def apply_model(self, x_noisy, t, cond):
         self.apply_calls += 1
@@ -133,3 +179,77 @@ def lafr_weights(sd_model: FakeLatentDiffusion, with_adapter: bool = True, seed:
 def write_lafr_file(path: Path, weights: LafrWeights) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_lafr(path, aligner=weights.aligner, kohya_lora=weights.kohya_lora, prompt_embeds=weights.prompt_embeds)
+
+
+def text_embedding(text: str, context: int = CONTEXT) -> torch.Tensor:
+    """What the stand-in text encoders give for `text`: [1, 77, context], seeded by the text."""
+    return torch.randn(1, 77, context, generator=torch.Generator().manual_seed(zlib.crc32(text.encode())))
+
+
+# --------------------------------------------------------------------------- OSEDiff-style file
+
+OSEDIFF_META = {
+    "lafr.engine": "osediff-face",
+    "lafr.latent": "sample",  # OSEDiff draws from the posterior; the webuis use the mode
+    "lafr.latent_seed": "0",
+    "lafr.colour_fix": "adain",
+    "lafr.prompt": "face, close-up, portrait, ,",
+    "lafr.source": "tests (random OSEDiff-style weights)",
+    "lafr.licence": "Apache-2.0",
+}
+OSEDIFF_RANK, OSEDIFF_ALPHA = 4, 8.0  # peft's default alpha with OSEDiff's rank: scale 2
+CONV_IN = "input_blocks.0.0"
+
+
+def _lora_pair(module: nn.Module, gen: torch.Generator, std: float, ldm_vae: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(down, up) for a module; VAE Linear layers in LDM's 1x1-conv shapes, as the converter writes them."""
+    r = OSEDIFF_RANK
+    if isinstance(module, nn.Conv2d):
+        down, up = (r, module.in_channels, *module.kernel_size), (module.out_channels, r, 1, 1)
+    elif ldm_vae:
+        down, up = (r, module.in_features, 1, 1), (module.out_features, r, 1, 1)
+    else:
+        down, up = (r, module.in_features), (module.out_features, r)
+    return torch.randn(down, generator=gen) * std, torch.randn(up, generator=gen) * std
+
+
+def osediff_sections(sd_model: FakeLatentDiffusion, seed: int = 11, std: float = 0.05) -> dict[str, dict[str, torch.Tensor]]:
+    """kohya_lora (every Conv2d and Linear of the UNet but the time-embedding path and conv_in),
+    unet_set (conv_in replaced) and vae_lora (every Conv2d/Linear of the encoder and quant_conv)."""
+    gen = torch.Generator().manual_seed(seed)
+    kohya, unet_set, vae_lora = {}, {}, {}
+    for name, module in sd_model.model.diffusion_model.named_modules():
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or "time_embed" in name or "emb_layers" in name:
+            continue
+        key = kohya_unet_name(name)
+        if name == CONV_IN:
+            unet_set[f"{key}.set_weight"] = module.weight.detach() + torch.randn(module.weight.shape, generator=gen) * std
+            unet_set[f"{key}.set_bias"] = module.bias.detach() + torch.randn(module.bias.shape, generator=gen) * std
+            continue
+        down, up = _lora_pair(module, gen, std)
+        kohya.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(OSEDIFF_ALPHA)})
+    for name, module in sd_model.first_stage_model.named_modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and name.startswith(("encoder.", "quant_conv")):
+            down, up = _lora_pair(module, gen, std, ldm_vae=True)
+            key = VAE_LORA_PREFIX + name
+            vae_lora.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(OSEDIFF_ALPHA)})
+    return {"kohya_lora": kohya, "unet_set": unet_set, "vae_lora": vae_lora}
+
+
+def write_osediff_file(path: Path, sd_model: FakeLatentDiffusion, meta: dict[str, str] | None = None, **sections) -> Path:
+    """A converted OSEDiff-face file (format 2, no prompt embedding) for this model."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_lafr(path, meta={**OSEDIFF_META, **(meta or {})}, **(sections or osediff_sections(sd_model)))
+
+
+def pipeline_restore(sd_model: FakeLatentDiffusion, weights: LafrWeights, crops: torch.Tensor) -> torch.Tensor:
+    """The reference: lafr_core.pipeline with the file merged into COPIES of the model's diffusers
+    UNet and VAE (replacements, LoRA, VAE-encoder LoRA), restoring aligned crops [n, S, S, 3] with
+    the prompt `weights` carries. Posterior mode, as the webuis (and ComfyUI) encode."""
+    from lafr_core.host_chain import restore_crops
+    from lafr_core.pipeline import LafrPipeline
+
+    pipe = LafrPipeline.from_modules(copy.deepcopy(sd_model.unet), copy.deepcopy(sd_model.first_stage_model._vae), weights,
+                                     device="cpu", dtype=torch.float32)
+    pipe.latent_rule = "mode"
+    return restore_crops(weights, crops, pipe.host_model())
