@@ -5,7 +5,7 @@ same chain the A1111/Forge restorer runs."""
 from __future__ import annotations
 
 from ..lafr_core.host_chain import HostModel, restore_images
-from ..lafr_core.video import restore_frames
+from ..lafr_core.video import restore_frame_batch
 from . import comfy_host
 from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, face_options, placeholder_crops
 from .latent_nodes import CONDITIONING_INPUT
@@ -63,7 +63,7 @@ class LAFRRestoreFaces:
             progress(done)
 
         if temporal.on:  # video frames: faces tracked and smoothed over the batch, restored 16 frames at a time
-            result = restore_frames(image, lafr, host, options, temporal.sigma, temporal.max_gap, should_stop=_interrupted, progress=tick)
+            result = restore_frame_batch(image, lafr, host, options, temporal.sigma, temporal.max_gap, should_stop=_interrupted, progress=tick)
         else:
             result = restore_images(image, lafr, host, options, should_stop=_interrupted, progress=tick)
         out = result.images.to(comfy_host.intermediate_device())

@@ -14,7 +14,7 @@ frames already in memory (a ComfyUI IMAGE batch): detect in chunks, track, resto
 host_chain with the smoothed faces. Host-free: torch and numpy only.
 """
 
-from .frames import DETECT_CHUNK, RESTORE_WINDOW, align_frames, detect_frames, restore_frames, track_frames
+from .frames import DETECT_CHUNK, RESTORE_WINDOW, align_frames, detect_frames, restore_frame_batch, track_frames
 from .smoothing import DEFAULT_SIGMA, fit_at, noise_reduction, smooth_series, window_radius
 from .stream import FaceStream, TemporalFrame, merge_frames, smooth_stream, split_frames, stream_frames, temporal_faces
 from .tracks import DEFAULT_GATE, DEFAULT_MAX_GAP, FaceTracker, Track, link_tracks, select_tracks
@@ -41,7 +41,7 @@ __all__ = [
     "detect_frames",
     "track_frames",
     "align_frames",
-    "restore_frames",
+    "restore_frame_batch",
     "DETECT_CHUNK",
     "RESTORE_WINDOW",
 ]

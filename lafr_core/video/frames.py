@@ -86,7 +86,7 @@ def align_frames(images: torch.Tensor, options: FaceOptions = FaceOptions(), sig
     return align_faces(images, track_frames(images, options, sigma, max_gap, chunk), size=options.crop_size)
 
 
-def restore_frames(
+def restore_frame_batch(
     images: torch.Tensor,
     weights: LafrWeights,
     host: HostModel,
