@@ -114,3 +114,26 @@ def test_resume_refuses_changed_training_settings_and_export_rewrites_the_file(t
 def test_merge_keeps_unrelated_sections():
     c = merge(TrainConfig(), {"stage1": {"lr": 0.5}})
     assert c.stage1.lr == 0.5 and c.stage2 == TrainConfig().stage2
+
+
+def test_degrade_preset_flag_sets_the_preset_and_single_flags_still_override(tmp_path):
+    data = portrait_folder(tmp_path)
+    c = parse(["stage2", "--data", str(data), "--output_dir", str(tmp_path / "r"), "--adapter", str(data / "astronaut.png"),
+               "--degrade_preset", "codeformer", "--jpeg_quality", "70", "90"])  # fmt: skip
+    from lafr_core.degrade import DegradeConfig
+
+    assert c.degrade == replace(DegradeConfig.preset("codeformer"), jpeg_quality=(70, 90))
+    assert c.uses_latent_cache is False  # stage 2 degrades on the fly unless --latent_cache
+    assert parse(["stage1", "--data", str(data), "--output_dir", str(tmp_path / "s")]).uses_latent_cache is True
+
+
+def test_all_flags_prefix_the_names_both_stages_share():
+    text = build_parser().parse_args(["all", "--output", "x.safetensors", "--stage1_lr", "3e-4", "--stage2_batch_size", "4", "--fs_checkpoint", "d.pth"])
+    from train.run_all import all_config_from_args
+
+    c = all_config_from_args(text)
+    assert (c.stage1.lr, c.stage2.batch_size, c.stage2.fs_checkpoint) == (3e-4, 4, "d.pth")
+    assert (c.stage2.lr, c.stage1.batch_size, c.stage1.epochs, c.stage2.steps) == (5e-5, 16, 100, 17000)  # the paper's
+    assert c.run.output_dir == "lafr_runs/x"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["all", "--output", "x.safetensors", "--adapter", "a.safetensors"])  # all makes its own

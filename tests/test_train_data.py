@@ -152,3 +152,24 @@ def test_auto_mode_aligns_a_non_square_photo_with_the_face_pipeline(tmp_path):
     assert crop.shape == (128, 128, 3) and hopper.load_path != hopper.source
     astronaut = next(p for p in prepared.images if p.source.endswith("astronaut.png"))
     assert astronaut.load_path == astronaut.source  # square: taken as aligned
+
+
+def test_on_the_fly_pairs_are_a_pure_function_of_seed_image_and_epoch(tmp_path):
+    """Stage 2 without the latent cache: variant = epoch, so every epoch draws a new degradation
+    and a resumed run (or another worker) rebuilds exactly the same pair."""
+    from lafr_core.degrade import DegradeConfig as D
+
+    images = prepare_images([portrait_folder(tmp_path)], "resize", 64, tmp_path / "cache").images
+    recipe = replace(RECIPE, degrade=D.preset("codeformer"))
+    sampler = EpochSampler(len(images), None, seed=3)
+    a, b = FacePairs(images, recipe, ("lq", "hq", "landmarks")), FacePairs(list(images), recipe, ("lq", "hq", "landmarks"))
+    epochs = []
+    for epoch in (0, 1):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(i % len(images) for i in order) == [0, 1] and all(i // len(images) == epoch for i in order)
+        items = [a[i] for i in order]
+        again = [b[i] for i in order]
+        assert all(torch.equal(x[k], y[k]) for x, y in zip(items, again) for k in ("lq", "hq", "landmarks"))
+        epochs.append({i: item["lq"] for i, item in zip(order, items)})
+    assert not torch.equal(epochs[0][0], epochs[1][2])  # image 0 in epoch 0 vs epoch 1: a new degradation

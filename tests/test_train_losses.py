@@ -82,6 +82,9 @@ def test_lpips_trunk_comes_from_a_local_torchvision_file(tmp_path):
 def test_d3dfr_checkpoints_load_with_weights_only_in_both_layouts(tmp_path):
     import torchvision
 
+    from lafr_core.face.align import ffhq_template
+    from train.d3dfr_align import align_d3dfr
+
     torch.manual_seed(0)
     resnet = torchvision.models.resnet50(weights=None)
     resnet.fc = nn.Linear(2048, 257)
@@ -97,7 +100,8 @@ def test_d3dfr_checkpoints_load_with_weights_only_in_both_layouts(tmp_path):
     b = load_face_structure(str(tmp_path / "resnet_fc257.pth"))
     resnet.eval()
     with torch.no_grad():
-        expected = resnet(torch.nn.functional.interpolate((x + 1) / 2, size=(224, 224), mode="bilinear", antialias=True))
+        # D3DFR's own framing of the FFHQ-aligned 64-px crop (train/d3dfr_align.py)
+        expected = resnet(align_d3dfr((x + 1) / 2, ffhq_template(64).float()).clamp(0, 1))
     assert a(x).shape == (1, 80 + 64 + 3)
     assert torch.allclose(a(x), b(x), atol=1e-5)
     assert torch.allclose(a(x), torch.cat([expected[:, :144], expected[:, 224:227]], 1), atol=1e-4)

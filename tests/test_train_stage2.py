@@ -41,7 +41,7 @@ def base_state(unet):
 def test_stage2_trains_only_the_lora_and_exports_a_file_the_pipeline_runs(tmp_path, stage1_file):
     data = one_image_folder(tmp_path)
     config = stage2_config(data, tmp_path / "run", stage1_file, max_steps=10)
-    config.data = replace(config.data, variants=1)  # the same pair every step
+    config.data = replace(config.data, variants=1, latent_cache=True)  # the same pair every step
     unet, vae = tiny_unet_1024(), tiny_vae8()
     before_unet, before_vae = base_state(unet), {k: v.clone() for k, v in vae.state_dict().items()}
     stage = Stage2(config, base=BaseModels(unet=unet, vae=vae), prompt_embeds=PROMPT, encoder_factory=tiny_encoders)

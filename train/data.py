@@ -244,20 +244,62 @@ class PairRecipe:
         )  # fmt: skip
 
 
-def augment(hq: np.ndarray, rng: np.random.Generator, flip_prob: float, crop_scale: tuple[float, float]) -> np.ndarray:
-    """Random flip and random square crop resized back to the input size (drawn from `rng`)."""
-    size = hq.shape[0]
+@dataclass(frozen=True)
+class Augment:
+    """One pair's augmentation: a square crop (top, left, side) resized back to `size`, then an
+    optional horizontal flip."""
+
+    size: int
+    flip: bool
+    side: int
+    top: int
+    left: int
+
+    def points(self, xy: np.ndarray) -> np.ndarray:
+        """Move [k, 2] pixel points (centres at integers) of the square image with the crop and
+        flip; for the 5 face landmarks, a flip also swaps left/right (eyes, mouth corners)."""
+        scale = self.size / self.side
+        out = (np.asarray(xy, np.float64) - [self.left, self.top] + 0.5) * scale - 0.5
+        if self.flip:
+            out[:, 0] = self.size - 1 - out[:, 0]
+            if len(out) == 5:
+                out = out[[1, 0, 2, 4, 3]]
+        return out
+
+
+def draw_augment(rng: np.random.Generator, size: int, flip_prob: float, crop_scale: tuple[float, float]) -> Augment:
+    """The random draws of `augment`, in its order (pairs and cached latents depend on it)."""
     flip = rng.random() < flip_prob
     scale = float(rng.uniform(*crop_scale)) if crop_scale[1] > crop_scale[0] else float(crop_scale[0])
     side = max(8, min(size, round(size * scale)))
     top = int(rng.integers(0, size - side + 1))
     left = int(rng.integers(0, size - side + 1))
-    out = hq[top : top + side, left : left + side]
-    if side != size:
-        out = np.clip(cv2.resize(out, (size, size), interpolation=cv2.INTER_CUBIC), 0, 1)
-    if flip:
+    return Augment(size=size, flip=bool(flip), side=side, top=top, left=left)
+
+
+def apply_augment(hq: np.ndarray, aug: Augment) -> np.ndarray:
+    out = hq[aug.top : aug.top + aug.side, aug.left : aug.left + aug.side]
+    if aug.side != aug.size:
+        out = np.clip(cv2.resize(out, (aug.size, aug.size), interpolation=cv2.INTER_CUBIC), 0, 1)
+    if aug.flip:
         out = out[:, ::-1]
     return np.ascontiguousarray(out)
+
+
+def augment(hq: np.ndarray, rng: np.random.Generator, flip_prob: float, crop_scale: tuple[float, float]) -> np.ndarray:
+    """Random flip and random square crop resized back to the input size (drawn from `rng`)."""
+    return apply_augment(hq, draw_augment(rng, hq.shape[0], flip_prob, crop_scale))
+
+
+def pair_landmarks(image: FaceImage, variant: int, recipe: PairRecipe) -> np.ndarray:
+    """[5, 2] float32: the FFHQ template's 5 points where they land in pair (image, variant)'s
+    HQ crop (training images are FFHQ-aligned squares), for the D3DFR alignment of the
+    facial-structure loss."""
+    from lafr_core.face.align import ffhq_template
+
+    rng = np.random.default_rng([recipe.seed, image.seed_int, variant])
+    aug = draw_augment(rng, recipe.resolution, recipe.flip_prob, recipe.crop_scale)
+    return aug.points(ffhq_template(recipe.resolution).numpy()).astype(np.float32)
 
 
 def make_pair(hq_square: np.ndarray, image: FaceImage, variant: int, recipe: PairRecipe) -> tuple[np.ndarray, np.ndarray]:
@@ -332,9 +374,10 @@ def cache_fingerprint(recipe: PairRecipe, vae_fingerprint: str, latent_scale: fl
 
 class FacePairs(Dataset):
     """Pairs by flat index `variant * num_images + image`; returns the requested `fields`:
-    "lq", "hq" (pixels [3, R, R] in -1..1) and/or "lq_latent", "hq_latent" (from the cache)."""
+    "lq", "hq" (pixels [3, R, R] in -1..1), "lq_latent", "hq_latent" (from the cache) and/or
+    "landmarks" ([5, 2], the FFHQ template moved with the pair's crop and flip)."""
 
-    FIELDS = ("lq", "hq", "lq_latent", "hq_latent")
+    FIELDS = ("lq", "hq", "lq_latent", "hq_latent", "landmarks")
 
     def __init__(self, images: Sequence[FaceImage], recipe: PairRecipe, fields: Sequence[str], cache: LatentCache | None = None) -> None:
         bad = [f for f in fields if f not in self.FIELDS]
@@ -379,6 +422,8 @@ class FacePairs(Dataset):
             for name in ("lq", "hq"):
                 if f"{name}_latent" in self.fields:
                     item[f"{name}_latent"] = entry[name]
+        if "landmarks" in self.fields:
+            item["landmarks"] = torch.from_numpy(pair_landmarks(self.images[i], variant, self.recipe))
         return item
 
 

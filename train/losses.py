@@ -177,16 +177,37 @@ class Regressor3DMM(nn.Module):
 
 
 class FaceStructure(nn.Module):
-    """3DMM shape/expression/pose coefficients of a face (input resized to the regressor's size,
-    0..1 RGB as D3DFR takes it)."""
+    """3DMM shape/expression/pose coefficients of a face, 0..1 RGB as D3DFR takes it.
 
-    def __init__(self, regressor: nn.Module, input_size: int = D3DFR_INPUT, parts: tuple[str, ...] = STRUCTURE_PARTS) -> None:
+    align="d3dfr" (default): the face is cut the way Deep3DFaceRecon's own preprocessing cuts
+    it (train/d3dfr_align.py) from its 5 landmarks: `landmarks` [b, 5, 2] when given, else the
+    FFHQ template of a square aligned crop. align="resize": the whole crop resized (the old
+    behaviour; out of D3DFR's distribution, kept for regressors trained that way)."""
+
+    def __init__(self, regressor: nn.Module, input_size: int = D3DFR_INPUT, parts: tuple[str, ...] = STRUCTURE_PARTS, align: str = "d3dfr") -> None:
         super().__init__()
-        self.regressor, self.input_size = regressor, input_size
+        if align not in ("d3dfr", "resize"):
+            raise ValueError(f"FaceStructure align must be 'd3dfr' or 'resize', got {align!r}")
+        self.regressor, self.input_size, self.align = regressor, input_size, align
         self.index = [i for part in parts for i in range(*D3DFR_SPLITS[part])]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate((x.float() + 1) / 2, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+    def crop(self, x: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """[b, 3, H, W] in -1..1 -> the regressor's input [b, 3, S, S] in 0..1."""
+        x = (x.float() + 1) / 2
+        if self.align == "resize":
+            return F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False, antialias=True)
+        from lafr_core.face.align import ffhq_template
+
+        from .d3dfr_align import align_d3dfr
+
+        if landmarks is None:
+            if x.shape[-1] != x.shape[-2]:
+                raise ValueError(f"FaceStructure needs landmarks for non-square images, got {tuple(x.shape[-2:])}")
+            landmarks = ffhq_template(x.shape[-1]).float()
+        return align_d3dfr(x, landmarks.cpu(), self.input_size).clamp(0, 1)
+
+    def forward(self, x: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.crop(x, landmarks)
         param = next(self.regressor.parameters())
         coeffs = self.regressor(x.to(param.dtype))
         if coeffs.shape[-1] != 257:
@@ -278,13 +299,15 @@ class Stage2Loss(nn.Module):
         self.weights = {"mse": lambda_mse, "lpips": lambda_lpips, "id": lambda_id, "fs": lambda_fs}
 
     @staticmethod
-    def _cosine_distance(encoder: nn.Module, restored: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _cosine_distance(encoder: nn.Module, restored: torch.Tensor, target: torch.Tensor, *extra) -> torch.Tensor:
         with torch.no_grad():
-            ref = encoder(target).float()
-        return (1 - F.cosine_similarity(encoder(restored).float(), ref, dim=-1)).mean()
+            ref = encoder(target, *extra).float()
+        return (1 - F.cosine_similarity(encoder(restored, *extra).float(), ref, dim=-1)).mean()
 
-    def forward(self, restored: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """restored, target: [b, 3, H, W] in -1..1. Returns (total, {part: unweighted value})."""
+    def forward(self, restored: torch.Tensor, target: torch.Tensor, landmarks: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """restored, target: [b, 3, H, W] in -1..1; landmarks [b, 5, 2] of the faces in them
+        (for the structure encoder's alignment; default: the FFHQ template). Returns (total,
+        {part: unweighted value})."""
         restored, target = restored.float(), target.float()
         parts = {"mse": F.mse_loss(restored, target)}
         if self.lpips is not None:
@@ -292,6 +315,6 @@ class Stage2Loss(nn.Module):
         if self.identity is not None:
             parts["id"] = self._cosine_distance(self.identity, restored, target)
         if self.structure is not None:
-            parts["fs"] = self._cosine_distance(self.structure, restored, target)
+            parts["fs"] = self._cosine_distance(self.structure, restored, target, landmarks)
         total = sum(self.weights[k] * v for k, v in parts.items())
         return total, parts

@@ -90,7 +90,7 @@ class Stage2(Stage):
         if config.run.gradient_checkpointing:
             checkpoint_pruned_unet(pruned)
         # 3. data, optimizer, accelerate
-        self.data = setup_data(config, accelerator, self.vae, s2.batch_size, ("lq_latent", "hq"), ("lq", "hq"))
+        self.data = setup_data(config, accelerator, self.vae, s2.batch_size, ("lq_latent", "hq", "landmarks"), ("lq", "hq", "landmarks"))
         self.batch_size = s2.batch_size
         optimizer = torch.optim.AdamW(self.lora_params, lr=s2.lr, weight_decay=s2.weight_decay)
         scheduler = constant_with_warmup(optimizer, config.run.lr_warmup_steps * accelerator.num_processes)
@@ -114,7 +114,7 @@ class Stage2(Stage):
         with self.accelerator.autocast():
             x0 = self.model(z)
             restored = vae_decode(self.vae, x0)
-            loss, parts = self.loss_fn(restored, batch["hq"].to(restored.device))
+            loss, parts = self.loss_fn(restored, batch["hq"].to(restored.device), batch.get("landmarks"))
         return loss, {"loss": loss, **parts}
 
     # ------------------------------------------------------------------ weights
