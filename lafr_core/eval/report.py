@@ -12,13 +12,22 @@ import math
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .runner import LOWER_IS_BETTER, SHEET_THUMB, EvalResult
 
 LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS", "lmd_px": "LMD px", "id_dlib": "ID dlib", "id_arcface_deg": "ID deg", "fid": "FID"}
 DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "lmd_px": 2, "id_dlib": 3, "id_arcface_deg": 2, "fid": 2}
+SHORT = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "lmd_px": "LMD", "id_dlib": "ID", "id_arcface_deg": "ID°"}
 GAP, TEXT_H, HEADER_H = 6, 30, 20
+
+
+def _font(size: int = 11):
+    """Pillow's bundled FreeType font when Pillow has FreeType (>= 10.1), else its bitmap font."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):
+        return ImageFont.load_default()
 
 
 def fmt(column: str, value: float) -> str:
@@ -58,8 +67,8 @@ def summary_table(result: EvalResult) -> str:
     return "\n".join(lines)
 
 
-def face_caption(row: dict, columns: list[str]) -> str:
-    return "  ".join(f"{LABELS.get(c, c)} {fmt(c, row[c])}" for c in columns if not c.startswith("lq_"))
+def face_caption(row: dict, columns: list[str], prefix: str = "") -> str:
+    return "  ".join(f"{SHORT.get(c, c)} {fmt(c, row[prefix + c])}" for c in columns if not c.startswith("lq_") and prefix + c in row)
 
 
 def contact_sheet(result: EvalResult) -> Image.Image:
@@ -68,17 +77,16 @@ def contact_sheet(result: EvalResult) -> Image.Image:
     width = 3 * SHEET_THUMB + 2 * GAP
     height = HEADER_H + len(result.thumbs) * (SHEET_THUMB + TEXT_H + GAP)
     sheet = Image.new("RGB", (width, max(height, HEADER_H)), (24, 24, 24))
-    draw = ImageDraw.Draw(sheet)
+    draw, font = ImageDraw.Draw(sheet), _font()
     for k, title in enumerate(("LQ", "restored", "HQ")):
-        draw.text((k * (SHEET_THUMB + GAP) + 4, 4), title, fill=(255, 255, 255))
+        draw.text((k * (SHEET_THUMB + GAP) + 4, 4), title, fill=(255, 255, 255), font=font)
     y = HEADER_H
     for name, *images in result.thumbs:
         for k, image in enumerate(images):
             sheet.paste(Image.fromarray(np.ascontiguousarray(image)), (k * (SHEET_THUMB + GAP), y))
         row = rows[name]
-        caption = face_caption(row, result.columns)
-        lq = "  ".join(f"{LABELS.get(c[3:], c)} {fmt(c, row[c])}" for c in result.columns if c.startswith("lq_") and c[3:] in ("psnr", "ssim"))
-        draw.text((4, y + SHEET_THUMB + 2), f"{name}: {caption}", fill=(255, 255, 160))
-        draw.text((4, y + SHEET_THUMB + 15), f"LQ: {lq}" if lq else "", fill=(180, 180, 180))
+        draw.text((4, y + SHEET_THUMB + 2), f"{name}: {face_caption(row, result.columns)}", fill=(255, 255, 160), font=font)
+        lq = face_caption(row, result.columns, "lq_")
+        draw.text((4, y + SHEET_THUMB + 15), f"LQ input: {lq}" if lq else "", fill=(180, 180, 180), font=font)
         y += SHEET_THUMB + TEXT_H + GAP
     return sheet
