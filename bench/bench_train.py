@@ -7,6 +7,9 @@ Each scenario runs in its own subprocess, so its peak memory is its own:
   stage1_nocache    adapter steps that load, degrade and VAE-encode LQ and HQ every step
   stage2_plain      LoRA steps: adapter -> pruned UNet + LoRA -> VAE decode -> loss, backward
   stage2_ckpt       the same with --gradient_checkpointing (UNet blocks and VAE decoder)
+  pairs_lafr        what one data-loader worker costs stage 2, which degrades on the fly: seconds
+  pairs_codeformer  per (LQ, HQ, landmarks) item with the "lafr" / "codeformer" preset (one thread;
+                    compare with stage 2's s/step x batch / num_workers)
 Reported: seconds per optimizer step (median of the timed steps; the first step is warm-up and
 not counted), steps/s, the ratios cache/no-cache and ckpt/plain, and peak memory during the
 steps (CPU: peak RSS, reset after set-up via /proc/self/clear_refs; CUDA: max allocated).
@@ -35,7 +38,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SCENARIOS = ("stage1_cache", "stage1_nocache", "stage2_plain", "stage2_ckpt")
+SCENARIOS = ("stage1_cache", "stage1_nocache", "stage2_plain", "stage2_ckpt", "pairs_lafr", "pairs_codeformer")
 
 
 def _reset_peak() -> None:
@@ -154,6 +157,8 @@ def run_scenario(args: argparse.Namespace) -> dict:
                 _reset_peak()  # set-up and the warm-up step are not counted
 
         t0 = time.perf_counter()
+        if args.scenario.startswith("pairs_"):
+            return _time_pairs(args, tmp)
         if args.scenario.startswith("stage1"):
             from train.stage1 import Stage1
 
@@ -184,6 +189,35 @@ def run_scenario(args: argparse.Namespace) -> dict:
         }  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _time_pairs(args: argparse.Namespace, tmp: Path) -> dict:
+    """Seconds per on-the-fly stage-2 item (decode, augment, degrade, landmarks), one thread."""
+    import torch
+
+    from lafr_core.degrade import DegradeConfig
+    from train.data import FacePairs, PairRecipe, prepare_images
+
+    torch.set_num_threads(1)
+    images = prepare_images([tmp / "faces"], "resize", args.resolution, tmp / "cache").images  # run_scenario made it
+    recipe = PairRecipe(args.resolution, 0, 0.5, (0.9, 1.0), DegradeConfig.preset(args.scenario.removeprefix("pairs_")))
+    pairs = FacePairs(images, recipe, ("lq", "hq", "landmarks"))
+    count = max(8, 4 * args.steps)
+    _reset_peak()
+    usage0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    times = []
+    for k in range(count):
+        start = time.perf_counter()
+        pairs[(k // len(images)) * len(images) + k % len(images)]  # a new epoch's variant each round
+        times.append(time.perf_counter() - start)
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    median = statistics.median(times)
+    return {
+        "scenario": args.scenario, "device": "cpu", "resolution": args.resolution, "batch": 1, "threads": 1,
+        "mixed_precision": "no", "encoders": "-", "setup_s": 0.0, "step_s": median, "steps_per_s": 1.0 / median,
+        "step_times": times, "peak_gb": _peak_gb("cpu"), "cpu_user_s_per_step": (usage1.ru_utime - usage0.ru_utime) / count,
+        "cpu_sys_s_per_step": (usage1.ru_stime - usage0.ru_stime) / count, "wall_s": time.perf_counter() - t0,
+    }  # fmt: skip
 
 
 def main() -> None:

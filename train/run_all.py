@@ -117,15 +117,15 @@ def train_all(
         vae = base.vae if base is not None else None
         results["stage1"] = result = train_stage1(c1, vae=vae, on_step=hook("stage1"))
         if result.interrupted:
+            log("interrupted in stage 1: rerun the same command to continue from its last checkpoint")
             return AllResult(None, True, results)
     if done2:
         log(f"stage 2/2: finished before ({c2.output_dir / STAGE2_FILE}), skipped")
     else:
         log("stage 2/2: the conv LoRA of the pruned UNet")
-        if base is not None:
-            base = BaseModels(unet=base.unet, vae=base.vae)
         results["stage2"] = result = train_stage2(c2, base=base, prompt_embeds=prompt_embeds, encoder_factory=encoder_factory, on_step=hook("stage2"))
         if result.interrupted:
+            log("interrupted in stage 2: rerun the same command to continue from its last checkpoint")
             return AllResult(None, True, results)
     written = export_checkpoint(c2.output_dir, output)
     log(f"wrote {written}")
