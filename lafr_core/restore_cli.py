@@ -396,6 +396,15 @@ def process_device(requested: str | None, slot: ProcessSlot) -> str:
     return requested
 
 
+def build_restorer(args: argparse.Namespace, device: str) -> tuple[Restorer | None, WeightsLookup]:
+    """What restores for these flags (None when weights are missing: the lookup says which).
+    The one place a new way to restore (another engine, another host) is chosen."""
+    lookup = find_weights(args.base, args.lafr)
+    if lookup.missing is not None:
+        return None, lookup
+    return pipeline_restorer(lookup.base, lookup.lafr, device, prompt=args.prompt), lookup
+
+
 def main(args: argparse.Namespace, restorer: Restorer | None = None) -> int:
     """The CLI: returns 0, 1 (an item failed), EXIT_MISSING_WEIGHTS or 130 (Ctrl-C)."""
     lookup = None
@@ -404,9 +413,7 @@ def main(args: argparse.Namespace, restorer: Restorer | None = None) -> int:
         device = process_device(args.device, slot)
         options = restore_options(args, device)
         if restorer is None:
-            lookup = find_weights(args.base, args.lafr)
-            if lookup.missing is None:
-                restorer = pipeline_restorer(lookup.base, lookup.lafr, device, prompt=args.prompt)
+            restorer, lookup = build_restorer(args, device)
         reports = run_restore(args.inputs, args.output, options, restorer, slot=slot)
     except (FaceError, FileNotFoundError, ValueError) as exc:  # bad weights, detector, inputs: one clear line
         print(f"error: {exc}")
