@@ -19,7 +19,8 @@ DETECT_INPUTS = {
     "detector": (list(DETECTORS), {"default": "auto", "tooltip": "auto: RetinaFace when facexlib and its weights are in models/facedetection, else the bundled MTCNN (offline)."}),
     "threshold": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.01, "tooltip": "Minimum detector confidence; 0 = the detector's default (MTCNN 0.9, RetinaFace 0.97)."}),
     "min_size": ("INT", {"default": DEFAULT_MIN_SIZE, "min": 0, "max": 4096, "tooltip": "Faces smaller than this many pixels are skipped (and counted)."}),
-    "select": ("STRING", {"default": "all", "tooltip": "all, largest, or face indices per image like 0,2 (0 = largest face)."}),
+    "select": ("STRING", {"default": "all", "tooltip": "all, largest, or face indices per image like 0,2 (0 = largest face). "
+                          "With temporal on: largest = the largest face over the clip, 0,2 = track ids (0 = the first face to appear)."}),
 }
 # Optional, so workflows and API prompts saved before video support still validate and run:
 # ComfyUI passes nothing for a missing optional input, and None means the default here.
@@ -39,6 +40,12 @@ PASTE_INPUTS = {
     "colour_correction": (list(COLOUR_CORRECTIONS), {"default": "none", "tooltip": "Match the restored face's colours to the input face: lab (mean/std) or wavelet (low frequencies)."}),
     "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "How softly the face mask fades out (fraction of the face ellipse)."}),
 }
+
+
+def interrupted() -> bool:
+    """should_stop for lafr_core: ComfyUI's interrupt raises its own exception, so never True."""
+    comfy_host.check_interrupt()  # raises ComfyUI's own interruption exception
+    return False
 
 
 class Temporal(NamedTuple):
@@ -69,7 +76,7 @@ def detect_and_align(image: torch.Tensor, detector: str, threshold: float, min_s
     options = face_options(detector, threshold, min_size, select)
     pixels = image.to(comfy_host.compute_device())
     if temporal.on:
-        crops, faces = align_frames(pixels, options, temporal.sigma, temporal.max_gap)
+        crops, faces = align_frames(pixels, options, temporal.sigma, temporal.max_gap, should_stop=interrupted)
     else:
         crops, faces = find_and_align(pixels, options)
     if len(faces) == 0:

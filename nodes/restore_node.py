@@ -7,16 +7,11 @@ from __future__ import annotations
 from ..lafr_core.host_chain import HostModel, restore_images
 from ..lafr_core.video import restore_frame_batch
 from . import comfy_host
-from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, face_options, placeholder_crops
+from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, interrupted, face_options, placeholder_crops
 from .latent_nodes import CONDITIONING_INPUT
 from .ui_preview import before_after
 
 NODE = "LAFR Restore Faces"
-
-
-def _interrupted() -> bool:
-    comfy_host.check_interrupt()  # raises ComfyUI's own interruption exception
-    return False
 
 
 class LAFRRestoreFaces:
@@ -63,9 +58,9 @@ class LAFRRestoreFaces:
             progress(done)
 
         if temporal.on:  # video frames: faces tracked and smoothed over the batch, restored 16 frames at a time
-            result = restore_frame_batch(image, lafr, host, options, temporal.sigma, temporal.max_gap, should_stop=_interrupted, progress=tick)
+            result = restore_frame_batch(image, lafr, host, options, temporal.sigma, temporal.max_gap, should_stop=interrupted, progress=tick)
         else:
-            result = restore_images(image, lafr, host, options, should_stop=_interrupted, progress=tick)
+            result = restore_images(image, lafr, host, options, should_stop=interrupted, progress=tick)
         out = result.images.to(comfy_host.intermediate_device())
         restored = result.restored.to(comfy_host.intermediate_device()) if result.restored is not None else placeholder_crops()
         return {"ui": before_after(image, out), "result": (out, restored, len(result.faces))}

@@ -81,9 +81,10 @@ def track_frames(
 
 
 def align_frames(images: torch.Tensor, options: FaceOptions = FaceOptions(), sigma: float = DEFAULT_SIGMA,
-                 max_gap: int = DEFAULT_MAX_GAP, chunk: int = DETECT_CHUNK) -> tuple[torch.Tensor, FaceSet]:
+                 max_gap: int = DEFAULT_MAX_GAP, chunk: int = DETECT_CHUNK,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[torch.Tensor, FaceSet]:
     """track_frames, then align_faces: (crops [N, S, S, 3], faces with affines and track_ids)."""
-    return align_faces(images, track_frames(images, options, sigma, max_gap, chunk), size=options.crop_size)
+    return align_faces(images, track_frames(images, options, sigma, max_gap, chunk, should_stop), size=options.crop_size)
 
 
 def restore_frame_batch(
