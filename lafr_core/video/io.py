@@ -200,6 +200,10 @@ def transcode(
         audio = {s.index: out.add_stream_from_template(s) for s in container.streams.audio}
         colour = _colour(video_in.codec_context)
         pts: deque = deque()
+        decoded = [0]
+        dropped = len(container.streams) - 1 - len(audio)
+        if dropped and on_note:
+            on_note(f"{source}: {dropped} stream{'s' if dropped > 1 else ''} other than video and audio (subtitles, data) not copied")
 
         def frames() -> Iterator[torch.Tensor]:
             for packet in container.demux(video_in, *container.streams.audio):
@@ -209,7 +213,9 @@ def transcode(
                         out.mux(packet)
                     continue
                 for frame in packet.decode():  # the last, empty packet flushes the decoder
-                    pts.append(frame.pts)
+                    # a container without time stamps (some AVI): the frame's place at the average rate
+                    pts.append(frame.pts if frame.pts is not None else round(decoded[0] / (info.rate * info.time_base)))
+                    decoded[0] += 1
                     yield _to_tensor(frame, info.high_bit_depth)
 
         written = 0
