@@ -51,6 +51,13 @@ def test_all_in_one_command_and_resume_gives_the_same_weights(tmp_path):
     for stage in ("stage1", "stage2"):  # validation every 2 steps (and at the end)
         grids = sorted(p.name for p in (tmp_path / "straight" / stage / "validation").glob("*.png"))
         assert grids == ["step-00000002.png", "step-00000004.png"], (stage, grids)
+    # stage 2 scores its validation faces with the eval's numbers, one CSV row per validation
+    rows = (tmp_path / "straight" / "stage2" / "validation" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    assert header[0] == "step" and {"psnr", "ssim", "lmd", "lpips", "psnr_aligned"} <= set(header)
+    assert [r.split(",")[0] for r in rows[1:]] == ["2", "4"]
+    values = dict(zip(header, map(float, rows[-1].split(","))))
+    assert 5 < values["psnr"] < 60 and 0 < values["ssim"] <= 1 and values["lpips"] >= 0
     # stage 2 degraded on the fly: no latent cache of its own, stage 1's cache shared in work/cache
     assert not (tmp_path / "straight" / "stage2" / "cache").exists()
     assert list((tmp_path / "straight" / "cache" / "latents").glob("*/*.safetensors"))

@@ -62,6 +62,7 @@ class DataConfig:
     crop_scale: tuple[float, float] = _f((0.9, 1.0), "random square crop side, as a fraction of the image, then resized back")
     val_images: int = _f(4, "images in the validation grid (the first ones of the data set)")
     val_degradation: str = _f("x4", "validation LQ: x4 (fixed CelebA-Test-like) or train (the training degradation)")
+    val_identity: str = _f("auto", "identity model of stage 2's validation: auto (ArcFace ONNX if found, else dlib), dlib, arcface, none")
 
 
 @dataclass
@@ -174,6 +175,7 @@ class TrainConfig:
         lo, hi = d.crop_scale
         _check(0.1 <= lo <= hi <= 1.0, f"crop_scale must be (lo, hi) with 0.1 <= lo <= hi <= 1, got {d.crop_scale}")
         _check(d.val_images >= 0, f"val_images must be >= 0, got {d.val_images}")
+        _check(d.val_identity in ("auto", "dlib", "arcface", "none"), f"val_identity must be auto, dlib, arcface or none, got {d.val_identity!r}")
         _check(r.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}, got {r.mixed_precision!r}")
         for name in ("gradient_accumulation_steps", "checkpoint_every", "keep_checkpoints", "log_every"):
             _check(getattr(r, name) >= 1, f"{name} must be >= 1, got {getattr(r, name)}")
@@ -335,7 +337,7 @@ def save_yaml(config: TrainConfig, path: str | Path) -> Path:
 RESUMABLE_CHANGES = {
     ("run", "resume"), ("run", "max_steps"), ("run", "checkpoint_every"), ("run", "keep_checkpoints"),
     ("run", "log_every"), ("run", "validate_every"), ("run", "tensorboard"), ("run", "output_dir"),
-    ("data", "num_workers"), ("data", "cache_dir"), ("data", "data"),
+    ("data", "num_workers"), ("data", "cache_dir"), ("data", "data"), ("data", "val_identity"),
     ("stage1", "epochs"), ("stage2", "steps"), ("stage2", "adapter"), ("stage2", "prompt_embeds"),
     ("stage2", "text_encoder"), ("stage2", "clip_encoder"), ("stage2", "fs_checkpoint"), ("stage2", "lpips_backbone"),
     ("run", "base_model"),

@@ -29,7 +29,7 @@ from .loop import LoopResult, Stage, constant_with_warmup, run_loop, total_steps
 from .losses import LossEncoders, Stage2Loss, load_loss_encoders
 from .models import BaseModels, checkpoint_pruned_unet, freeze, load_base_models, vae_decode, vae_encode
 from .prompt import resolve_prompt_embeds
-from .validation import grid, log_grid, psnr, write_grid
+from .validation import append_metrics, face_metrics, grid, load_val_identity, log_grid, write_grid
 
 STAGE2_FILE = "lafr.safetensors"
 LORA_ADAPTER = "default"
@@ -99,6 +99,7 @@ class Stage2(Stage):
         self.total_steps = total_steps(s2.steps, None, config.run.max_steps)
         self.generators = {}
         self._val_aligned: torch.Tensor | None = None
+        self._val_identity: object = None  # loaded at the first validation (main process only)
 
     # ------------------------------------------------------------------ training
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -154,9 +155,23 @@ class Stage2(Stage):
             restored = vae_decode(self.vae, self.step_module(self._val_aligned)).float().cpu()
             aligned = vae_decode(self.vae, self._val_aligned).float().cpu()
         image = grid([self.data.val_lq, aligned, restored, self.data.val_hq], ["LQ", "aligned", "restored", "HQ"])
-        write_grid(image, self.config.output_dir / "validation", state.step)
+        folder = self.config.output_dir / "validation"
+        write_grid(image, folder, state.step)
         log_grid(self.accelerator, image, state.step)
-        return {"psnr": psnr(restored, self.data.val_hq), "psnr_aligned": psnr(aligned, self.data.val_hq)}
+        if self._val_identity is None:
+            self._val_identity = load_val_identity(self.config.data.val_identity, _say) or False
+        metrics = face_metrics(restored, self.data.val_hq, identity=self._val_identity or None, lpips=self.loss_fn.lpips)
+        metrics["psnr_aligned"] = face_metrics(aligned, self.data.val_hq, landmarks=False)["psnr"]  # the adapter alone
+        append_metrics(folder, state.step, metrics)
+        _say(f"validation step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items())))
+        return metrics
+
+
+def _say(text: str) -> None:
+    """A line above the progress bar (validate runs on the main process only)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(text)
 
 
 def train_stage2(

@@ -1,6 +1,11 @@
 """Validation grids: one row per validation face, one labelled column per stage of the chain
 (stage 1: LQ | LQ latent decoded | aligned decoded | HQ; stage 2: LQ | aligned decoded |
-restored | HQ), written as PNG to <output_dir>/validation/ and, when enabled, to TensorBoard."""
+restored | HQ), written as PNG to <output_dir>/validation/ and, when enabled, to TensorBoard.
+
+Stage 2 also scores the restored faces with the numbers `lafr eval` reports (lafr_core.eval's
+protocol: 8-bit PSNR / SSIM, MTCNN landmark distance, the identity distance when an identity
+model is installed, LPIPS when the loss has it), appended to <output_dir>/validation/metrics.csv,
+so a user can watch fidelity and identity move during training."""
 
 from __future__ import annotations
 
@@ -13,10 +18,61 @@ import torch
 LABEL_HEIGHT = 14
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of images in -1..1 (computed on 0..1)."""
-    mse = float((((a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) / 2) ** 2).mean())
-    return 99.0 if mse == 0 else 10 * math.log10(1.0 / mse)
+def to_faces(images: torch.Tensor) -> torch.Tensor:
+    """[b, 3, H, W] in -1..1 -> [b, H, W, 3] in 0..1, rounded to 8 bits (what a PNG holds)."""
+    from lafr_core.eval.metrics import quantise
+
+    return quantise((images.detach().float().cpu().permute(0, 2, 3, 1) + 1) / 2)
+
+
+def load_val_identity(backend: str, log=print):
+    """The identity model for validation, or None (with the reason logged once)."""
+    if backend == "none":
+        return None
+    from lafr_core.identity import IdentityModelError, load_identity_model
+
+    try:
+        model = load_identity_model(backend)
+    except IdentityModelError as err:
+        log(f"validation: no identity distance ({err})")
+        return None
+    log(f"validation: identity distance by {model.name} ({model.unit})")
+    return model
+
+
+def face_metrics(restored: torch.Tensor, hq: torch.Tensor, *, identity=None, lpips=None, landmarks: bool = True) -> dict[str, float]:
+    """Means over the faces ([b, 3, H, W] in -1..1) of PSNR, SSIM, and when asked: landmark
+    distance (px, faces MTCNN finds on both sides), identity distance, LPIPS."""
+    from lafr_core.eval.metrics import landmark_distance, landmarks_of
+    from lafr_core.eval.metrics import psnr as psnr_255
+    from lafr_core.eval.metrics import ssim
+
+    a, b = to_faces(restored), to_faces(hq)
+    out = {"psnr": float(psnr_255(a, b).mean()), "ssim": float(ssim(a, b).mean())}
+    if landmarks:
+        distances = landmark_distance(landmarks_of(a), landmarks_of(b))
+        found = distances[~torch.isnan(distances)]
+        out["lmd"] = float(found.mean()) if len(found) else math.nan
+    if identity is not None:
+        out["identity"] = float(identity.distances(a, b).mean())
+    if lpips is not None:
+        with torch.no_grad():
+            param = next(lpips.parameters())
+            out["lpips"] = float(lpips(restored.to(param), hq.to(param)).float().mean())
+    return out
+
+
+def append_metrics(folder: str | Path, step: int, metrics: dict[str, float]) -> Path:
+    """One CSV row per validation (header written with the first)."""
+    path = Path(folder) / "metrics.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = sorted(metrics)
+    new = not path.is_file()
+    with path.open("a") as handle:
+        if new:
+            handle.write(",".join(["step", *names]) + "\n")
+        handle.write(",".join([str(step), *(f"{metrics[n]:.6g}" for n in names)]) + "\n")
+    return path
 
 
 def grid(columns: list[torch.Tensor], labels: list[str]) -> np.ndarray:
