@@ -25,10 +25,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import build_unet  # noqa: E402
-from webui_models import lafr_weights, tiny_sd2_config  # noqa: E402
+from webui_models import OSEDIFF_META, lafr_weights, osediff_sections, text_embedding, tiny_sd2_config  # noqa: E402
 
 from lafr_core.ldm_keys import diffusers_to_ldm, layout_from_diffusers_config  # noqa: E402
-from lafr_core.lora import merge_kohya_lora  # noqa: E402
+from lafr_core.lafr_file import LafrWeights  # noqa: E402
+from lafr_core.lora import apply_kohya_replacements, kohya_lora_layers, merge_kohya_lora  # noqa: E402
 from lafr_core.schedule import x0_from_eps  # noqa: E402
 
 _webui = os.environ.get("WEBUI_DIR")
@@ -112,11 +113,11 @@ def models():
 @torch.no_grad()
 def test_every_lora_layer_is_a_conv_of_the_real_ldm_unet_and_the_hooked_step_matches(models):
     from lafr_webui.a1111 import A1111Model
-    from lafr_webui.unet_hooks import ConvLoraHooks
+    from lafr_webui.unet_hooks import unet_hooks
 
-    hooks = ConvLoraHooks(models.real, models.weights.kohya_lora)
+    hooks = unet_hooks(models.real, models.weights.kohya_lora)
     assert len(hooks.layers) == len(models.weights.kohya_lora) // 3
-    kinds = {name.rsplit(".", 1)[-1] for name, m in models.real.named_modules() if any(m is layer.conv for layer in hooks.layers)}
+    kinds = {name.rsplit(".", 1)[-1] for name, m in models.real.named_modules() if any(m is layer.module for layer in hooks.layers)}
     assert {"op", "skip_connection", "2", "3", "conv"} <= kinds  # downsamplers, shortcuts, in/out layers, upsamplers
 
     z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
@@ -146,3 +147,55 @@ def test_encode_mode_and_decode_on_the_ldm_vae(models):
     assert torch.equal(raw, host.encode(crops))  # the mode, not a sample
     pixels = host.decode(raw)
     assert pixels.shape == (1, 64, 64, 3) and 0 <= float(pixels.min()) and float(pixels.max()) <= 1
+
+
+def _merged_ldm_vae(vae: nn.Module, vae_lora: dict) -> nn.Module:
+    """A copy of the LDM VAE with the LoRA merged into its weights (W += alpha/r * up @ down)."""
+    merged = copy.deepcopy(vae)
+    renamed = {"lora_unet_" + k.removeprefix("lora_vae."): v for k, v in vae_lora.items()}
+    with torch.no_grad():
+        for name, (down, up, scale) in kohya_lora_layers(renamed).items():
+            weight = merged.get_submodule(name.removeprefix("lora_unet_")).weight
+            weight += scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    return merged
+
+
+@torch.no_grad()
+def test_an_osediff_file_on_the_real_ldm_modules_equals_the_merged_references(models):
+    from lafr_webui.a1111 import A1111Model
+
+    sections = osediff_sections(models.shell)
+    prompt = text_embedding(OSEDIFF_META["lafr.prompt"])
+    weights = LafrWeights(aligner=None, prompt_embeds=prompt, meta=dict(OSEDIFF_META), **sections)
+    host = A1111Model(models.shell, weights, torch.device("cpu"), torch.float32)
+    hooked = {name for name, m in models.real.named_modules() if any(m is layer.module for layer in host.unet_hooks.layers)}
+    linear = {name.split("transformer_blocks.0.")[-1].rsplit(".", 1)[-1] if name.endswith(("proj_in", "proj_out")) else
+              name.split("transformer_blocks.0.")[-1] for name in hooked if isinstance(models.real.get_submodule(name), nn.Linear)}
+    assert {"attn1.to_q", "attn2.to_k", "attn2.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"} <= linear
+    assert "input_blocks.0.0" in hooked  # the replacement
+    vae_hooked = {name for name, m in models.shell.first_stage_model.named_modules() if any(m is layer.module for layer in host.vae_hooks.layers)}
+    assert {"encoder.mid.attn_1.q", "encoder.mid.attn_1.proj_out", "quant_conv"} <= vae_hooked
+    assert not any(name.startswith(("decoder", "post_quant_conv")) for name in vae_hooked)
+
+    before = {k: v.clone() for k, v in models.shell.state_dict().items()}
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    reference = copy.deepcopy(models.unet)
+    apply_kohya_replacements(reference, weights.unet_set)
+    merge_kohya_lora(reference, weights.kohya_lora)
+    eps = reference(z, 999, encoder_hidden_states=prompt.expand(2, -1, -1)).sample
+    x0 = host.denoise(z)
+    effect = (x0_from_eps(z, models.unet(z, 999, encoder_hidden_states=prompt.expand(2, -1, -1)).sample, 999) - x0).abs().max()
+    error = (x0 - x0_from_eps(z, eps, 999)).abs().max()
+    print(f"OSEDiff file on the real LDM UNet: x0 max abs {error:.2e} (the file moves x0 by {effect:.2f})")
+    assert error < 2e-3 and effect > 0.1
+
+    crops = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(6))
+    expected = _merged_ldm_vae(models.shell.first_stage_model, weights.vae_lora).encode(crops.permute(0, 3, 1, 2) * 2 - 1).mode()
+    latent = host.encode(crops)
+    plain = models.shell.first_stage_model.encode(crops.permute(0, 3, 1, 2) * 2 - 1).mode()
+    print(f"VAE-encoder LoRA on LDM's Encoder: max abs {(latent - expected).abs().max():.2e} (moves it by {(plain - expected).abs().max():.3f})")
+    assert (latent - expected).abs().max() < 1e-4 and (plain - expected).abs().max() > 1e-2
+
+    after = models.shell.state_dict()
+    assert all(torch.equal(v, before[k]) for k, v in after.items())
+    assert not [n for n, m in models.shell.named_modules() if m._forward_hooks]
