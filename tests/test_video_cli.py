@@ -119,3 +119,18 @@ def test_ctrl_c_leaves_no_output_and_keeps_an_earlier_file(tmp_path, clip, capsy
 def test_output_kind_must_match_the_input(tmp_path, clip, capsys):
     assert run_cli([str(clip), "-o", str(tmp_path / "x.png")], stand_in_restorer()) == 1
     assert "is a video; give -o a video file" in capsys.readouterr().out
+
+
+def test_encoder_choice_keeps_codec_and_format_or_says_why_not(clip):
+    from dataclasses import replace as evolve
+
+    from lafr_core.video.io import EncodeChoice, choose_encoder, probe
+
+    info = probe(clip)
+    assert (info.codec, info.pix_fmt) == ("h264", "yuv420p")
+    assert choose_encoder(info) == EncodeChoice("libx264", "yuv420p", None)  # h264's encoder here, no note
+    mpeg4_444 = choose_encoder(evolve(info, codec="mpeg4", pix_fmt="yuv444p"))  # mpeg4 encodes 4:2:0 only
+    assert (mpeg4_444.codec, mpeg4_444.pix_fmt) == ("libx264", "yuv444p")  # chroma kept by the fallback
+    assert mpeg4_444.note == "'mpeg4' cannot encode yuv444p: written as H.264 (libx264, yuv444p, CRF 18)"
+    unknown = choose_encoder(evolve(info, codec="no-such-codec", pix_fmt="pal8"))
+    assert (unknown.codec, unknown.pix_fmt) == ("libx264", "yuv420p") and "cannot encode 'no-such-codec'" in unknown.note

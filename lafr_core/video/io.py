@@ -133,11 +133,11 @@ def choose_encoder(info: VideoInfo) -> EncodeChoice:
         formats = {f.name for f in codec.video_formats or ()}
         if not formats or info.pix_fmt in formats:
             return EncodeChoice(codec.name, info.pix_fmt, None)
-    pix_fmt = FALLBACK_PIX_FMT
-    note = (f"this PyAV cannot encode '{info.codec}' in {info.pix_fmt}: written as H.264 ({FALLBACK_CODEC}, {pix_fmt}, CRF {CRF})"
-            if codec is None or codec.type != "video" else
-            f"'{codec.name}' cannot encode {info.pix_fmt}: written as H.264 ({FALLBACK_CODEC}, {pix_fmt}, CRF {CRF})")
-    return EncodeChoice(FALLBACK_CODEC, pix_fmt, note)
+    x264 = {f.name for f in av.Codec(FALLBACK_CODEC, "w").video_formats or ()}
+    pix_fmt = info.pix_fmt if info.pix_fmt in x264 else FALLBACK_PIX_FMT
+    cannot = f"'{codec.name}' cannot encode {info.pix_fmt}" if codec is not None and codec.type == "video" else \
+        f"this PyAV cannot encode '{info.codec}'"
+    return EncodeChoice(FALLBACK_CODEC, pix_fmt, f"{cannot}: written as H.264 ({FALLBACK_CODEC}, {pix_fmt}, CRF {CRF})")
 
 
 def temp_path(target: Path) -> Path:
