@@ -103,7 +103,11 @@ def dlib_model_folder() -> Path | None:
 
 def dlib_problem() -> str | None:
     """None when the dlib backend can run, else why not and how to fix it."""
-    if importlib.util.find_spec("dlib") is None:
+    try:
+        has_dlib = importlib.util.find_spec("dlib") is not None
+    except (ImportError, ValueError):
+        has_dlib = False
+    if not has_dlib:
         return f"dlib is not installed: {INSTALL_DLIB}"
     folder = dlib_model_folder()
     if folder is None:

@@ -147,3 +147,36 @@ def test_cli_exit_codes_for_missing_weights_and_bad_inputs(hq_folder, tmp_path, 
     assert cli("--hq", str(tmp_path / "nowhere"), "--identity", "none") == 1
     assert "HQ folder" in capsys.readouterr().out
     assert cli("--hq", str(hq_folder), "--lq", str(hq_folder), "--preset", "x4", "--identity", "none") == 1
+
+
+def test_a_lafr_pipeline_plugs_in_as_the_restorer_with_its_files_colour_fix(hq_folder, monkeypatch):
+    """LafrPipeline (tiny random SD2.1-shaped models) restores the LQ crops; the runner scores
+    exactly its output; `pipeline_restorer` applies the file's colour fix (OSEDiff's adain)."""
+    pytest.importorskip("diffusers")
+    from conftest import build_unet, tiny_unet_config
+    from test_pipeline import tiny_vae, tiny_weights
+
+    import lafr_core.lafr_file
+    import lafr_core.pipeline
+    from lafr_core.eval.cli import pipeline_restorer
+    from lafr_core.face import correct_colour
+    from lafr_core.pipeline import LafrPipeline
+
+    weights, _ = tiny_weights()
+    pipe = LafrPipeline.from_modules(build_unet(tiny_unet_config()), tiny_vae(), weights, device="cpu")
+    data = EvalSet.from_folders(hq_folder, preset="x4", seed=0, size=64)
+    result = evaluate(data, restore=pipe.restore, options=EvalOptions(landmarks=False), progress=False)
+    lq = quantise(torch.stack([data.face(i).lq for i in range(2)]))  # one batch, as the runner's
+    hq = quantise(torch.stack([data.face(i).hq for i in range(2)]))
+    direct, direct_lq = psnr(quantise(pipe.restore(lq)), hq), psnr(lq, hq)
+    for i, row in enumerate(result.rows):
+        assert row["psnr"] == pytest.approx(float(direct[i]), abs=1e-9)
+        assert row["lq_psnr"] == pytest.approx(float(direct_lq[i]), abs=1e-9)
+        assert row["psnr"] != row["lq_psnr"]
+
+    weights.meta["lafr.colour_fix"] = "adain"
+    monkeypatch.setattr(lafr_core.lafr_file, "load_lafr", lambda path: weights)
+    monkeypatch.setattr(lafr_core.pipeline.LafrPipeline, "from_pretrained", classmethod(lambda cls, base, w, device=None: pipe))
+    restore = pipeline_restorer("base", Path("file.safetensors"), "cpu", batch_size=2)
+    crops = torch.stack([data.face(i).lq for i in range(2)])
+    assert torch.allclose(restore(crops), correct_colour(pipe.restore(crops), crops, "adain"))

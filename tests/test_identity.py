@@ -204,3 +204,15 @@ def test_arcface_angle_is_nan_free_for_opposite_embeddings():
     a = torch.tensor([[1.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     assert torch.allclose(model.distance(a, -a), torch.tensor([180.0, 180.0], dtype=torch.float64))
     assert not math.isnan(float(model.distance(a, a * 3)[0]))
+
+
+def test_identity_and_eval_import_nothing_optional():
+    """Host paths may import these: no diffusers (blocked), and dlib / onnxruntime / lpips only when used."""
+    from test_host_free_imports import run_blocked
+
+    out = run_blocked(
+        "import lafr_core.identity, lafr_core.eval, lafr_core.eval.cli\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dlib', 'onnxruntime', 'lpips', 'pytorch_fid', 'skimage'}))"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
