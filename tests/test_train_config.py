@@ -80,7 +80,7 @@ def test_missing_inputs_are_named(tmp_path):
         from_dict(TrainConfig, {"run": {"lr": 1}})
 
 
-def test_resume_refuses_changed_training_settings_and_export_rewrites_the_file(tmp_path):
+def test_resume_refuses_changed_training_settings_and_export_rewrites_the_file(tmp_path, capsys):
     data = portrait_folder(tmp_path)
     out = tmp_path / "run"
     first = train_stage1(stage1_config(data, out, max_steps=2), vae=tiny_vae8())
@@ -107,8 +107,9 @@ def test_resume_refuses_changed_training_settings_and_export_rewrites_the_file(t
     assert exported.stages == "1" and exported.meta == original.meta
     assert all((exported.aligner.state_dict()[k] == v).all() for k, v in original.aligner.state_dict().items())
     assert first.state.step == 2
-    with pytest.raises(FileNotFoundError, match="no checkpoint to export"):
+    with pytest.raises(SystemExit) as stop:  # a message and exit code 2, no traceback
         main(["export", str(tmp_path / "empty")])
+    assert stop.value.code == 2 and "no checkpoint to export" in capsys.readouterr().err
 
 
 def test_merge_keeps_unrelated_sections():
