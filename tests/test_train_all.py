@@ -104,3 +104,46 @@ def test_all_in_one_command_and_resume_gives_the_same_weights(tmp_path):
     # a finished run with a changed setting is refused, not silently skipped
     with pytest.raises(ConfigError, match="stage1.lr: 0.002 -> 0.001"):
         run(replace(config, stage1=replace(config.stage1, lr=1e-3)), output)
+
+
+def test_the_command_line_runs_both_stages_and_a_rerun_skips_them(tmp_path):
+    """`python -m train all` end to end, offline, on a tiny diffusers base folder and a saved
+    prompt embedding, with the encoder losses off (no weights here)."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from train.prompt import save_prompt_embeds
+
+    base = tmp_path / "sd21-tiny"
+    tiny_unet_1024().save_pretrained(base / "unet")
+    tiny_vae8().save_pretrained(base / "vae")
+    (base / "scheduler").mkdir()
+    (base / "scheduler" / "scheduler_config.json").write_text('{"prediction_type": "epsilon"}')
+    prompt = save_prompt_embeds(PROMPT, tmp_path / "prompt.safetensors", "face, high quality")
+    output = tmp_path / "models" / "lafr" / "mine.safetensors"
+    command = [
+        sys.executable, "-m", "train", "all", "--data", str(portrait_folder(tmp_path)), "--output", str(output),
+        "--output_dir", str(tmp_path / "work"), "--base_model", str(base), "--prompt_embeds", str(prompt),
+        "--lambda_lpips", "0", "--lambda_id", "0", "--lambda_fs", "0", "--resolution", str(RES), "--align", "resize",
+        "--variants", "2", "--num_workers", "0", "--val_images", "1", "--val_identity", "none", "--validate_every", "0",
+        "--stage1_batch_size", "1", "--epochs", "1", "--stage2_batch_size", "1", "--steps", "2", "--degrade_preset", "codeformer",
+        "--hidden_channels", "32", "--codebook_size", "128", "--codebook_dim", "8", "--norm_groups", "8",
+        "--extractor_blocks", "1", "--mapping_blocks", "1",
+    ]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stage 1/2: the latent alignment adapter" in done.stdout and f"wrote {output}" in done.stdout
+    assert "data: 2 image file(s)" in done.stdout
+    assert "stage1: 100%" in done.stderr and "stage2: 100%" in done.stderr and "<00:00" in done.stderr  # bars with ETA
+    file = load_lafr(output)
+    assert file.stages == "1+2" and file.trainer["steps"] == 2 and torch.equal(file.prompt_embeds, PROMPT)
+    saved = (tmp_path / "work" / "stage2" / "config.yaml").read_text()
+    assert "kernel_types:\n  - iso\n  - aniso" in saved  # the preset reached the run
+
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage 1/2: finished before" in again.stdout and "stage 2/2: finished before" in again.stdout
+    assert torch.equal(load_lafr(output).kohya_lora[next(iter(file.kohya_lora))], next(iter(file.kohya_lora.values())))
