@@ -23,6 +23,7 @@ from .report import contact_sheet, summary_table, write_csv
 from .runner import EvalOptions, Restorer, evaluate
 
 DEFAULT_PRESET = "celeba-test"
+EVAL_HELP = "measure a restorer on HQ faces or LQ/HQ pairs: PSNR, SSIM, LPIPS, landmarks, identity, FID"
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +42,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips", choices=("vgg", "alex", "none"), default="vgg", help="LPIPS trunk (scored when its weights are in the torch hub cache)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID even when pytorch-fid and its weights are here")
     parser.add_argument("--fid-stats", type=Path, help="reference FID statistics (.npz with mu, sigma, e.g. FFHQ's for FID-F); default: the HQ faces")
-    parser.add_argument("--y-channel", action="store_true", help="PSNR/SSIM on the luma Y channel instead of RGB (the face protocol's default)")
+    parser.add_argument("--y-channel", action="store_true", help="PSNR/SSIM on the luma Y channel (basicsr test_y_channel); RGB, the default, is the face-restoration protocol")
     parser.add_argument("--no-lmd", action="store_true", help="skip the landmark distance (MTCNN on every face: the slowest metric on a CPU)")
     parser.add_argument("--no-baseline", action="store_true", help="do not score the LQ faces too")
     parser.add_argument("--size", type=int, default=512, help="face crop size (512: LAFR's)")
@@ -53,9 +54,9 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
-    """Register `eval` on an argparse subparsers object; the runner is `run_eval`."""
-    parser = subparsers.add_parser("eval", help="measure a restorer: PSNR, SSIM, LPIPS, landmarks, identity, FID",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    """Register `eval` on an argparse subparsers object; the runner is `run_eval` (also set as
+    `run`). For lafr_core.__main__'s COMMANDS: Command(EVAL_HELP, add_eval_arguments, run_eval)."""
+    parser = subparsers.add_parser("eval", help=EVAL_HELP, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_eval_arguments(parser)
     parser.set_defaults(run=run_eval)
     return parser
