@@ -91,6 +91,25 @@ def build(scenario: str, device: str, dtype):
     return pruned, nbytes(pruned)
 
 
+def timed_calls(run, x, runs: int, device: str) -> tuple[list[float], int]:
+    """(seconds of `runs` calls run(x) after one warm-up, peak bytes: GPU allocated or process RSS)."""
+    import torch
+
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = []
+    with torch.inference_mode(), PeakRSS() as rss:
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        run(x)  # warm-up
+        sync()
+        for _ in range(runs):
+            start = time.perf_counter()
+            run(x)
+            sync()
+            times.append(time.perf_counter() - start)
+    return times, (torch.cuda.max_memory_allocated() if device == "cuda" else rss.peak)
+
+
 def child(args) -> None:
     import gc
 
@@ -101,19 +120,7 @@ def child(args) -> None:
     run, weight_bytes = build(args.scenario, args.device, dtype)
     gc.collect()
     z = torch.randn(args.one_batch, 4, 64, 64, device=args.device, dtype=dtype)
-    sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    times = []
-    with torch.inference_mode(), PeakRSS() as rss:
-        if args.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        run(z)  # warm-up
-        sync()
-        for _ in range(args.runs):
-            start = time.perf_counter()
-            run(z)
-            sync()
-            times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() if args.device == "cuda" else rss.peak
+    times, peak = timed_calls(run, z, args.runs, args.device)
     print(json.dumps(dict(scenario=args.scenario, batch=args.one_batch, median_s=statistics.median(times),
                           times=times, weights_gb=weight_bytes / 1e9, peak_gb=peak / 1e9)))
 
