@@ -40,14 +40,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 from lafr_core.face.colour import wavelet_low_pass  # noqa: E402
+from osediff_reference import load_input  # noqa: E402
 from lafr_core.interlcm.convert import convert_interlcm  # noqa: E402
 from lafr_core.interlcm.pipeline import InterLCMPipeline  # noqa: E402
 from lafr_core.interlcm.visual_encoder import VisualEncoder  # noqa: E402
@@ -200,16 +199,6 @@ def write_encoders(work: Path, steps: int, seed: int) -> tuple[Path, Path]:
     return visual_path, spatial_path
 
 
-def load_face(path: Path, size: int = 512) -> torch.Tensor:
-    """[1, 3, size, size] in -1..1 from an 8-bit image, as InterLCM's img2tensor + normalize does."""
-    image = Image.open(path).convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.LANCZOS)
-    pixels = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
-    return pixels[None] * 2 - 1
-
-
 # --------------------------------------------------------------------------- one comparison
 
 
@@ -294,7 +283,7 @@ def main() -> int:
     clip_vision = random_clip_vision(seed=1)
     if not (work / "clip_vit_b16.pt").exists():
         save_torchscript_state(openai_clip_state(clip_vision, seed=2), work / "clip_vit_b16.pt")
-    lq = load_face(args.image)
+    lq = load_input(args.image, 512)  # OSEDiff's loader: centre square, LANCZOS, ToTensor() * 2 - 1
     torch.save(lq, work / "input.pt")
     for steps in args.steps:
         write_encoders(work, steps, seed=10 + steps)
