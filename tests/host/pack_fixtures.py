@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -43,6 +44,22 @@ def write_stand_in_lafr(path: Path, seed: int = 0) -> None:
         torch.nn.init.normal_(p, std=0.01, generator=gen)
     save_lafr(path, aligner=LatentAligner(AlignerConfig()), kohya_lora=lora_state_to_kohya(unet),
               prompt_embeds=torch.randn(1, 77, 1024, generator=gen))
+
+
+def write_stand_in_osediff(path: Path, seed: int = 0) -> None:
+    """An OSEDiff-face file for the full SD2.1-base, made by `lafr convert`'s own code from a
+    checkpoint in OSEDiff's saved structure (random all-layer UNet LoRA, retrained conv_in,
+    VAE-encoder LoRA). Its prompt is stored as text only, so a host must take the user's
+    CONDITIONING (CLIP Text Encode) or encode `lafr.prompt` itself."""
+    from osediff_fixtures import structure_checkpoint
+
+    from lafr_core.osediff import convert
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        pkl = Path(folder) / "osediff_face.pkl"
+        torch.save(structure_checkpoint(seed=seed), pkl)
+        convert(pkl, path, engine="osediff-face")
 
 
 def openclip_h14_text(gen: torch.Generator, dtype=torch.float16) -> dict[str, torch.Tensor]:

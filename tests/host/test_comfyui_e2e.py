@@ -1,14 +1,17 @@
 """End to end in a real ComfyUI server (COMFYUI_DIR): the pack installed in a temporary
-custom_nodes, full-size SD2.1-base stand-ins (random weights, real LDM keys) and a LAFR file
-in the model folders, `main.py --cpu` on 127.0.0.1; every example workflow is converted to the
-API format with the server's own /object_info, posted, and must write an image of the input's
-size; an SD1.5-shaped checkpoint must fail with our message. Skipped when COMFYUI_DIR is unset.
+custom_nodes, full-size SD2.1-base stand-ins (random weights, real LDM keys, SD2's OpenCLIP-H
+text encoder) and a LAFR file and a converted OSEDiff-face file in the model folders, `main.py
+--cpu` on 127.0.0.1; every example workflow is converted to the API format with the server's own
+/object_info, posted, and must write an image of the input's size; the OSEDiff-face workflow's
+image (CLIP Text Encode -> conditioning, adain) must equal the standalone pipeline's; an
+SD1.5-shaped checkpoint must fail with our message. Skipped when COMFYUI_DIR is unset.
 
     COMFYUI_DIR=/path/to/ComfyUI /path/to/comfy-venv/bin/python -m pytest tests/host/test_comfyui_e2e.py
 (the python must have ComfyUI's requirements installed)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import socket
@@ -19,18 +22,21 @@ import os
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from comfy_support import COMFYUI_DIR, REPO, needs_comfyui  # noqa: E402
-from pack_fixtures import copy_pack, write_stand_in_lafr  # noqa: E402
+from comfy_support import COMFYUI_DIR, REPO, import_comfy, needs_comfyui  # noqa: E402
+from pack_fixtures import copy_pack, openclip_h14_text, write_stand_in_lafr, write_stand_in_osediff  # noqa: E402
 from conftest import DATA_DIR  # noqa: E402
 
 pytestmark = needs_comfyui
 PACK_PARTS = ("__init__.py", "nodes", "lafr_core", "web", "example_workflows", "pyproject.toml", "requirements.txt")
 CKPT, SD15_CKPT, LAFR, IMAGE = "v2-1_512-ema-pruned.safetensors", "sd15_stand_in.safetensors", "lafr.safetensors", "portrait.png"
+OSEDIFF = "osediff_face.safetensors"
 VPRED_CKPT = "v2-1_768_v_stand_in.safetensors"
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -57,10 +63,12 @@ def write_models(base: Path) -> None:
 
     ckpts = base / "models" / "checkpoints"
     ckpts.mkdir(parents=True)
-    save_file(sd21_ldm_checkpoint(), str(ckpts / CKPT))
+    # with SD2's text encoder, so Load Checkpoint gives a CLIP for CLIP Text Encode
+    save_file({**sd21_ldm_checkpoint(), **openclip_h14_text(torch.Generator().manual_seed(0))}, str(ckpts / CKPT))
     save_file(sd21_ldm_checkpoint(sd15=True), str(ckpts / SD15_CKPT))
     save_file(sd21_ldm_checkpoint(v_prediction=True), str(ckpts / VPRED_CKPT))
     write_stand_in_lafr(base / "models" / "lafr" / LAFR)
+    write_stand_in_osediff(base / "models" / "lafr" / OSEDIFF)
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -131,7 +139,7 @@ def test_nodes_are_registered_with_their_names(server):
     assert names == {"LAFRLoader": "LAFR Loader", "LAFRLatentAlign": "LAFR Latent Align",
                      "LAFRPrunedUNetStep": "LAFR Pruned UNet Step", "LAFRFaceDetectAlign": "LAFR Face Detect & Align",
                      "LAFRFacePasteBack": "Face Paste Back", "LAFRRestoreFaces": "LAFR Restore Faces", "LAFRVAE": "LAFR VAE"}
-    assert info["LAFRLoader"]["input"]["required"]["lafr_name"][0] == [LAFR]
+    assert info["LAFRLoader"]["input"]["required"]["lafr_name"][0] == [LAFR, OSEDIFF]
     ours = [line for line in (base / "server.log").read_text().splitlines() if "ComfyUI-LAFR" in line]
     assert ours and not any("IMPORT FAILED" in line for line in ours), ours
 
@@ -146,6 +154,57 @@ def test_example_workflow_runs_and_saves_an_image(server, workflow):
     assert saved, result["outputs"]
     path = base / "output" / saved[0]["subfolder"] / saved[0]["filename"]
     assert Image.open(path).size == Image.open(base / "input" / IMAGE).size
+
+
+def osediff_pipeline_reference(base: Path, text: str, image: torch.Tensor):
+    """The OSEDiff-face workflow computed without the server: `text` through ComfyUI's own CLIP of
+    the checkpoint (what CLIP Text Encode runs), then the converted file on the standalone pipeline
+    (diffusers modules, file merged in fp32) through lafr_core.host_chain with adain and the
+    detector "auto" picks with the server's models/facedetection."""
+    import dataclasses
+
+    from lafr_core.host_chain import FaceOptions, restore_images
+    from lafr_core.lafr_file import load_lafr
+    from lafr_core.pipeline import LafrPipeline, load_sd21_from_single_file
+
+    checkpoint = base / "models" / "checkpoints" / CKPT
+    clip = import_comfy().load_checkpoint_guess_config(str(checkpoint), output_vae=False, output_model=False)[1]
+    embeds = clip.encode_from_tokens(clip.tokenize(text)).float()
+    del clip
+    gc.collect()
+    weights = dataclasses.replace(load_lafr(base / "models" / "lafr" / OSEDIFF), prompt_embeds=embeds)
+    unet, vae = load_sd21_from_single_file(checkpoint)
+    pipe = LafrPipeline.from_modules(unet.float(), vae.float(), weights, device="cpu", dtype=torch.float32)
+    del unet, vae
+    gc.collect()
+    options = FaceOptions(detector_weights=base / "models" / "facedetection", colour_correction="adain")
+    return restore_images(image, weights, pipe.host_model(), options)
+
+
+def test_osediff_workflow_restores_the_face_as_the_standalone_pipeline_does(server):
+    port, base, info = server
+    prompt = ui_to_api(json.loads((REPO / "example_workflows" / "LAFR_osediff_face.json").read_text()), info)
+    restore = next(k for k, v in prompt.items() if v["class_type"] == "LAFRRestoreFaces")
+    assert prompt[restore]["inputs"]["colour_correction"] == "adain" and "conditioning" in prompt[restore]["inputs"]
+    assert prompt[restore]["inputs"]["detector"] == "auto"  # the workflow as it is (cached when it ran above)
+    text = next(v for v in prompt.values() if v["class_type"] == "CLIPTextEncode")["inputs"]["text"]
+    result = run_prompt(port, prompt)  # the file has no prompt embedding: it runs only with the CONDITIONING
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-2000:]
+    image = next(img for out in result["outputs"].values() for img in out.get("images", []) if img["type"] == "output")
+    saved = np.asarray(Image.open(base / "output" / image["subfolder"] / image["filename"]).convert("RGB")).astype(int)
+    source = np.asarray(Image.open(base / "input" / IMAGE).convert("RGB"))
+
+    reference = osediff_pipeline_reference(base, text, torch.from_numpy(source.astype(np.float32) / 255.0)[None])
+    expected = np.clip(255.0 * reference.images[0].numpy(), 0, 255).astype(np.uint8).astype(int)  # SaveImage's rounding
+    x1, y1, x2, y2 = reference.faces.boxes[0].round().long().tolist()
+    face = (slice(y1, y2), slice(x1, x2))
+    diff = np.abs(saved - expected)
+    changed = float(np.abs(saved[face] - source[face]).mean())
+    print(f"OSEDiff workflow vs pipeline: max {diff.max()} levels, mean {diff.mean():.4f}, >1 level {(diff > 1).mean():.5f}; "
+          f"face changed by {changed:.1f} levels")
+    assert len(reference.faces) == 1 and changed > 5, "the face was not restored"
+    assert (saved == source).all(axis=-1).mean() > 0.5  # away from the face the photo is untouched
+    assert diff.max() <= 2 and (diff > 1).mean() < 1e-3  # measured: 1 level at most (8-bit rounding)
 
 
 @pytest.mark.parametrize("checkpoint, found", [(SD15_CKPT, "it is sd1.x"), (VPRED_CKPT, "it predicts v")])
