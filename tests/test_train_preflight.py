@@ -115,9 +115,10 @@ def test_a_zero_lambda_needs_no_weights_and_bad_settings_join_the_list(tmp_path,
 
 def test_all_checks_stage2_inputs_before_stage1_starts(tmp_path, faces, cli):
     done = cli(tmp_path, "all", "--data", str(faces), "--output", str(tmp_path / "models" / "mine.safetensors"),
-                   "--output_dir", str(tmp_path / "work"), "--lambda_id", "0", "--lambda_lpips", "0")  # fmt: skip
+                   "--output_dir", str(tmp_path / "work"), "--lambda_id", "0", "--lambda_lpips", "0", "--stage1_lr", "-1")  # fmt: skip
     assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "3 problem(s)" in done.stderr  # base model, text encoder, D3DFR
+    assert "4 problem(s)" in done.stderr  # base model, text encoder, D3DFR, stage 1's lr
+    assert "stage1 needs lr > 0" in done.stderr
     assert "no D3DFR checkpoint" in done.stderr and not (tmp_path / "work" / "stage1").exists()
     bad = cli(tmp_path, "all", "--data", str(faces), "--output", str(tmp_path / "mine.ckpt"))
     assert bad.returncode == 2 and "must be a .safetensors file" in bad.stderr
@@ -145,16 +146,18 @@ def test_checks_pass_and_count_images_when_everything_is_there(tmp_path, faces):
     assert report.image_count == 2 and f"data: 2 image file(s) in {faces}" in report.notes
 
 
-def test_loading_a_missing_hub_base_is_a_message_not_a_traceback(tmp_path):
+def test_loading_a_missing_hub_base_is_a_message_not_a_traceback(tmp_path, monkeypatch):
     """Past the start-up checks (programmatic use), huggingface_hub's LocalEntryNotFoundError
     still becomes the trainer's ConfigError naming the accepted forms."""
-    code = (
-        "from train.models import load_base_models\n"
-        "from train.config import ConfigError\n"
-        "try:\n    load_base_models('stabilityai/stable-diffusion-2-1-base', need_unet=False)\n"
-        "except ConfigError as err:\n    print('CONFIG', err)\n"
-    )
-    env = {**OFFLINE, "HF_HOME": str(tmp_path / "hf")}
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert done.stdout.startswith("CONFIG cannot load the base model 'stabilityai/stable-diffusion-2-1-base'"), done.stdout + done.stderr
-    assert "a diffusers folder (with unet/ and vae/)" in done.stdout
+    import huggingface_hub.constants as hub
+
+    from train.config import ConfigError
+    from train.models import load_base_models
+
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "hf"))  # an empty cache
+    with pytest.raises(ConfigError) as err:
+        load_base_models("stabilityai/stable-diffusion-2-1-base", need_unet=False)
+    text = str(err.value)
+    assert text.startswith("cannot load the base model 'stabilityai/stable-diffusion-2-1-base' (LocalEntryNotFoundError")
+    assert "a diffusers folder (with unet/ and vae/)" in text

@@ -23,10 +23,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lafr_core.text_encoder import SINGLE_FILE_SUFFIXES
+
 from .config import DEFAULT_BASE, ConfigError, TrainConfig
 from .data import IMAGE_EXTENSIONS, list_image_files
-
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 BASE_FORMS = (
     "--base_model takes one of: a local SD2.1-base single-file checkpoint (e.g. v2-1_512-ema-pruned.safetensors), "
     "a diffusers folder (with unet/ and vae/), or a hub id such as "

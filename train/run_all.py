@@ -94,8 +94,6 @@ def train_all(
     if output.suffix != ".safetensors":
         raise ConfigError(f"--output must be a .safetensors file (hosts list only those), got '{output}'")
     c1, c2 = stage_configs(config, config.run.output_dir or default_work_dir(output))
-    for c in (c1, c2):
-        c.validate(check_inputs=False)
     done1 = _finished(c1, STAGE1_FILE)
     done2 = done1 and _finished(c2, STAGE2_FILE)
     if not done2:  # everything stage 2 needs is checked before stage 1 spends hours
@@ -103,6 +101,12 @@ def train_all(
             c2, ("stage2",), need_base=base is None, need_prompt=prompt_embeds is None,
             need_encoders=encoder_factory is load_loss_encoders, adapter_from_stage1=True,
         )  # fmt: skip
+        for c in (c1, c2):
+            try:
+                c.validate(check_inputs=False)
+            except ConfigError as err:
+                if str(err) not in report.problems:  # a shared setting fails in both stages
+                    report.problems.append(str(err))
         report.raise_if_any()
         for note in report.notes:
             log(note)
