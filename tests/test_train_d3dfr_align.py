@@ -111,6 +111,8 @@ def test_differentiable_batched_and_out_of_frame_is_zero():
     assert images.grad.abs().sum() > 0 and torch.isfinite(images.grad).all()
     with pytest.raises(ValueError, match="5 landmarks"):
         align_d3dfr(images, torch.zeros(3, 4, 2))
+    with pytest.raises(ValueError, match="cannot fit D3DFR's landmarks to face 0"):
+        align_d3dfr(images[:1], torch.zeros(1, 5, 2))  # all points on one spot: no scale
 
 
 @pytest.mark.parametrize("flip", [False, True])

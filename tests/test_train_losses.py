@@ -127,3 +127,27 @@ def test_stage2_loss_parts_weights_and_gradients():
     only_mse = Stage2Loss(LossEncoders(), lambda_lpips=0, lambda_id=0, lambda_fs=0)
     assert set(only_mse(restored, target)[1]) == {"mse"}
     assert isinstance(encoders.structure, FaceStructure) and isinstance(encoders.structure.regressor, TinyRegressor)
+
+
+def test_structure_encoder_gets_each_pairs_landmarks():
+    """The stage-2 loss hands the batch's landmarks to the D3DFR alignment; without them the
+    FFHQ template of the square crop is used, and resize mode keeps the old framing."""
+    from lafr_core.face.align import ffhq_template
+
+    torch.manual_seed(0)
+    structure = FaceStructure(TinyRegressor(), input_size=32)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    template = ffhq_template(64).float()
+    assert torch.equal(structure.crop(x), structure.crop(x, template.expand(2, 5, 2)))
+    moved = template + torch.tensor([6.0, -4.0])
+    assert not torch.allclose(structure.crop(x), structure.crop(x, moved.expand(2, 5, 2)))
+    resized = FaceStructure(TinyRegressor(), input_size=32, align="resize").crop(x)
+    assert resized.shape == (2, 3, 32, 32) and not torch.allclose(resized, structure.crop(x))
+
+    seen = []
+    original = structure.forward
+    structure.forward = lambda images, landmarks=None: seen.append(landmarks) or original(images, landmarks)
+    loss = Stage2Loss(LossEncoders(structure=structure), lambda_lpips=0, lambda_id=0, lambda_fs=1)
+    landmarks = moved.expand(2, 5, 2)
+    loss(x, x.flip(-1), landmarks)
+    assert len(seen) == 2 and all(s is landmarks for s in seen)  # restored and HQ sides

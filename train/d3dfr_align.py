@@ -48,6 +48,9 @@ def pos_fit(landmarks: torch.Tensor, height: int) -> tuple[torch.Tensor, torch.T
     """D3DFR's POS for a batch: landmarks [N, 5, 2] (x right, y down, pixel centres at integers)
     -> (t [N, 2] in y-up coordinates, s [N]) of the orthographic fit of D3DFR_LM3D, float64."""
     lm = landmarks.detach().to("cpu", torch.float64).clone()
+    bad = (~torch.isfinite(lm).flatten(1).all(1)).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(f"cannot fit D3DFR's landmarks to face {bad[0]}: its landmarks are not finite ({lm[bad[0]].tolist()})")
     lm[..., 1] = height - 1 - lm[..., 1]
     n = lm.shape[0]
     design = torch.zeros(n, 10, 8, dtype=torch.float64)
@@ -67,7 +70,9 @@ def crop_boxes(landmarks: torch.Tensor, height: int, width: int, size: int = D3D
     t, s = pos_fit(landmarks, height)
     rescale = D3DFR_RESCALE * size / D3DFR_SIZE
     boxes = []
-    for (tx, ty), si in zip(t.tolist(), s.tolist()):
+    for i, ((tx, ty), si) in enumerate(zip(t.tolist(), s.tolist())):
+        if not si > 1.0:  # pixels per unit of the 3D template (its eyes are 0.62 apart): a face under a pixel
+            raise ValueError(f"cannot fit D3DFR's landmarks to face {i}: {landmarks[i].tolist()} span no face")
         f = rescale / si
         w, h = int(width * f), int(height * f)
         left = int(w / 2 - size / 2 + (tx - width / 2) * f)
@@ -100,7 +105,7 @@ def align_d3dfr(images: torch.Tensor, landmarks: torch.Tensor, size: int = D3DFR
     for box in dict.fromkeys(boxes):
         index = [i for i, b in enumerate(boxes) if b == box]
         w, h, left, up = box
-        if w < 1 or h < 1 or not all(map(math.isfinite, (w, h))):
+        if w < 1 or h < 1:
             raise ValueError(f"degenerate D3DFR crop {box} from landmarks {landmarks[index[0]].tolist()}")
         resized = F.interpolate(images[index], size=(h, w), mode="bicubic", align_corners=False, antialias=True)
         crops = _crop(resized, left, up, size)
