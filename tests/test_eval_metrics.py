@@ -151,3 +151,23 @@ def test_fid_accumulator_is_the_frechet_distance_of_the_features():
     expected = frechet_distance(fx.mean(0), np.cov(fx, rowvar=False), fy.mean(0), np.cov(fy, rowvar=False))
     assert acc.fid() == pytest.approx(expected, rel=1e-12)
     assert acc.fid((fx.mean(0), np.cov(fx, rowvar=False))) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_fid_features_through_pytorch_fid_inception_with_stand_in_weights(tmp_path, monkeypatch):
+    """pytorch-fid's FID Inception at random weights (its real weights are a download): the
+    cached-file check and 2048-d pool3 features per face (the Fréchet part is tested above)."""
+    inception = pytest.importorskip("pytorch_fid.inception")
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    assert load_fid_features()[0] is None
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth").write_bytes(b"stand-in")
+    monkeypatch.setattr(inception, "load_state_dict_from_url", lambda *a, **k: {})
+    monkeypatch.setattr(torchvision.models.Inception3, "load_state_dict", lambda self, *a, **k: None)
+    torch.manual_seed(0)
+    features, note = load_fid_features()
+    assert note is None
+    a, _ = pair(7, (2, 64, 64, 3))
+    fa = features(a)
+    assert fa.shape == (2, 2048) and np.isfinite(fa).all() and not np.allclose(fa[0], fa[1])

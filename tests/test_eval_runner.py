@@ -180,3 +180,24 @@ def test_a_lafr_pipeline_plugs_in_as_the_restorer_with_its_files_colour_fix(hq_f
     restore = pipeline_restorer("base", Path("file.safetensors"), "cpu", batch_size=2)
     crops = torch.stack([data.face(i).lq for i in range(2)])
     assert torch.allclose(restore(crops), correct_colour(pipe.restore(crops), crops, "adain"))
+
+
+def test_fid_of_the_restored_set_and_of_the_lq_set_reach_the_table(hq_folder):
+    from lafr_core.eval.learned import FidAccumulator
+    from lafr_core.eval.metrics import frechet_distance
+    from lafr_core.eval.report import summary_table
+
+    def features(images: torch.Tensor) -> np.ndarray:  # stand-in extractor: channel means and stds
+        x = images.double().flatten(1, 2)
+        return torch.cat([x.mean(1), x.std(1)], 1).numpy()
+
+    data = EvalSet.from_folders(hq_folder, preset="x4", seed=0, size=64)
+    brighten = lambda crops: (crops * 1.2).clamp(0, 1)  # noqa: E731
+    result = evaluate(data, restore=brighten, fid=FidAccumulator(features), options=EvalOptions(landmarks=False), progress=False)
+    lq = quantise(torch.stack([data.face(i).lq for i in range(2)]))
+    hq = quantise(torch.stack([data.face(i).hq for i in range(2)]))
+    f_hq, f_lq, f_out = features(hq), features(lq), features(quantise(brighten(lq)))
+    stats = (f_hq.mean(0), np.cov(f_hq, rowvar=False))
+    assert result.fid["fid"] == pytest.approx(frechet_distance(f_out.mean(0), np.cov(f_out, rowvar=False), *stats), rel=1e-9)
+    assert result.fid["lq_fid"] == pytest.approx(frechet_distance(f_lq.mean(0), np.cov(f_lq, rowvar=False), *stats), rel=1e-9)
+    assert f"| FID | lower | {result.fid['fid']:.2f} | {result.fid['lq_fid']:.2f} | 2 (set) |" in summary_table(result)
