@@ -23,7 +23,6 @@ detector's.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
