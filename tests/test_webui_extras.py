@@ -29,13 +29,7 @@ def lafr_file(sd2, tmp_path_factory):
 @pytest.fixture
 def webui(tmp_path, monkeypatch, sd2, lafr_file):
     monkeypatch.setattr(messages, "_shown", set())
-    webui = FakeWebui(tmp_path / "models").install(monkeypatch)
-    (webui.models_path / "LAFR").mkdir(parents=True)
-    (webui.models_path / "LAFR" / lafr_file.name).symlink_to(lafr_file)
-    webui.shared.sd_model = sd2
-    webui.shared.opts.lafr_detector = "mtcnn"
-    webui.load_script()
-    return webui
+    return FakeWebui(tmp_path / "models").install(monkeypatch).ready(sd2, lafr_file)
 
 
 @pytest.fixture

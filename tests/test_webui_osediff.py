@@ -177,12 +177,7 @@ def test_colour_file_default_is_the_files_own(weights, capsys):
 
 
 def test_the_face_restorer_runs_the_file_with_the_prompt_setting(model, osediff_file, tmp_path, monkeypatch, capsys):
-    webui = FakeWebui(tmp_path / "models").install(monkeypatch)
-    (webui.models_path / "LAFR").mkdir(parents=True)
-    (webui.models_path / "LAFR" / osediff_file.name).symlink_to(osediff_file)
-    webui.shared.sd_model = model
-    webui.shared.opts.lafr_detector = "mtcnn"
-    webui.load_script()
+    webui = FakeWebui(tmp_path / "models").install(monkeypatch).ready(model, osediff_file)
     restorer = lafr_entries(webui)[0]
     before = fingerprint(model)
     model.text_calls.clear()

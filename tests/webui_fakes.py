@@ -196,6 +196,17 @@ class FakeWebui:
         spec.loader.exec_module(module)
         return module
 
+    def ready(self, sd_model, lafr_file: Path) -> "FakeWebui":
+        """The extension loaded with `sd_model` loaded, `lafr_file` in models/LAFR and the bundled
+        MTCNN detector chosen (offline and deterministic)."""
+        folder = self.models_path / "LAFR"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / Path(lafr_file).name).symlink_to(lafr_file)
+        self.shared.sd_model = sd_model
+        self.shared.opts.lafr_detector = "mtcnn"
+        self.load_script()
+        return self
+
     def build_settings(self) -> None:
         """What the webui does when it builds the Settings page: run on_ui_settings callbacks."""
         for callback in self.ui_settings_callbacks:

@@ -20,7 +20,7 @@ from conftest import build_unet, tiny_unet_config
 from lafr_core.adapter import AlignerConfig, LatentAligner
 from lafr_core.lafr_file import VAE_LORA_PREFIX, LafrWeights, save_lafr
 from lafr_core.ldm_keys import kohya_unet_name, layout_from_diffusers_config, unet_key_map, vae_encoder_key_map
-from lafr_core.lora import add_conv_lora, lora_state_to_kohya
+from lafr_core.lora import add_conv_lora, kohya_lora_layers, lora_state_to_kohya
 
 CONTEXT = 1024
 
@@ -201,15 +201,18 @@ OSEDIFF_RANK, OSEDIFF_ALPHA = 4, 8.0  # peft's default alpha with OSEDiff's rank
 CONV_IN = "input_blocks.0.0"
 
 
+def _weighted(module: nn.Module) -> bool:
+    """A Conv2d or Linear by its weight (Forge's Linear is no nn.Linear subclass)."""
+    weight = getattr(module, "weight", None)
+    return isinstance(weight, torch.Tensor) and weight.ndim in (2, 4)
+
+
 def _lora_pair(module: nn.Module, gen: torch.Generator, std: float, ldm_vae: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(down, up) for a module; VAE Linear layers in LDM's 1x1-conv shapes, as the converter writes them."""
-    r = OSEDIFF_RANK
-    if isinstance(module, nn.Conv2d):
-        down, up = (r, module.in_channels, *module.kernel_size), (module.out_channels, r, 1, 1)
-    elif ldm_vae:
-        down, up = (r, module.in_features, 1, 1), (module.out_features, r, 1, 1)
-    else:
-        down, up = (r, module.in_features), (module.out_features, r)
+    r, (out, inp, *kernel) = OSEDIFF_RANK, module.weight.shape
+    if not kernel and ldm_vae:
+        kernel = [1, 1]
+    down, up = (r, inp, *kernel), (out, r, *([1, 1] if kernel else []))
     return torch.randn(down, generator=gen) * std, torch.randn(up, generator=gen) * std
 
 
@@ -219,7 +222,7 @@ def osediff_sections(sd_model: FakeLatentDiffusion, seed: int = 11, std: float =
     gen = torch.Generator().manual_seed(seed)
     kohya, unet_set, vae_lora = {}, {}, {}
     for name, module in sd_model.model.diffusion_model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)) or "time_embed" in name or "emb_layers" in name:
+        if not _weighted(module) or "time_embed" in name or "emb_layers" in name:
             continue
         key = kohya_unet_name(name)
         if name == CONV_IN:
@@ -229,11 +232,23 @@ def osediff_sections(sd_model: FakeLatentDiffusion, seed: int = 11, std: float =
         down, up = _lora_pair(module, gen, std)
         kohya.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(OSEDIFF_ALPHA)})
     for name, module in sd_model.first_stage_model.named_modules():
-        if isinstance(module, (nn.Conv2d, nn.Linear)) and name.startswith(("encoder.", "quant_conv")):
+        if _weighted(module) and name.startswith(("encoder.", "quant_conv")):
             down, up = _lora_pair(module, gen, std, ldm_vae=True)
             key = VAE_LORA_PREFIX + name
             vae_lora.update({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(OSEDIFF_ALPHA)})
     return {"kohya_lora": kohya, "unet_set": unet_set, "vae_lora": vae_lora}
+
+
+def merged_vae_copy(vae: nn.Module, vae_lora: dict[str, torch.Tensor]) -> nn.Module:
+    """A copy of an LDM-named VAE with a file's VAE-encoder LoRA merged into its weights
+    (W += alpha/r * up @ down, reshaped to W): the merged-weight reference of the hooks/patches."""
+    merged = copy.deepcopy(vae)
+    renamed = {"lora_unet_" + k.removeprefix(VAE_LORA_PREFIX): v for k, v in vae_lora.items()}  # kohya grouping
+    with torch.no_grad():
+        for name, (down, up, scale) in kohya_lora_layers(renamed).items():
+            weight = merged.get_submodule(name.removeprefix("lora_unet_")).weight
+            weight += scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
+    return merged
 
 
 def write_osediff_file(path: Path, sd_model: FakeLatentDiffusion, meta: dict[str, str] | None = None, **sections) -> Path:

@@ -7,7 +7,10 @@ diffusers UNet; the engine object is a namespace with the attributes sd20.Stable
 
 Checks ForgeModel.denoise against a merged-LoRA diffusers reference, that the user's patcher and
 the shared weights come back bit for bit, that encode takes the posterior mode, and the whole face
-restorer on the fake `modules` tree with this real backend. Skipped unless FORGE_DIR is set (the
+restorer on the fake `modules` tree with this real backend. For a converted OSEDiff file: the
+all-layer LoRA (attention, feed-forward, projections, convs) and conv_in's "set" patches through
+Forge's own merge_lora_to_weight, the VAE-encoder LoRA as patches on a clone of Forge's VAE
+patcher, against merged-weight references, the shared UNet and VAE bit-identical afterwards. Skipped unless FORGE_DIR is set (the
 python needs what backend/ imports: Forge's requirements, or sentencepiece for its bundled gguf):
 
     FORGE_DIR=/path/to/stable-diffusion-webui-forge python -m pytest tests/host/test_webui_forge_backend.py
@@ -29,11 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import build_unet  # noqa: E402
 from ldm_fixtures import diffusers_vae_to_ldm  # noqa: E402
 from webui_fakes import FakeWebui, lafr_entries, photo  # noqa: E402
-from webui_models import lafr_weights, tiny_sd2_config, write_lafr_file  # noqa: E402
+from webui_models import OSEDIFF_META, lafr_weights, merged_vae_copy, osediff_sections, text_embedding, tiny_sd2_config, write_lafr_file  # noqa: E402
 
 import lafr_webui.messages as messages  # noqa: E402
 from lafr_core.ldm_keys import diffusers_to_ldm, layout_from_diffusers_config  # noqa: E402
-from lafr_core.lora import merge_kohya_lora  # noqa: E402
+from lafr_core.lafr_file import LafrWeights  # noqa: E402
+from lafr_core.lora import apply_kohya_replacements, merge_kohya_lora  # noqa: E402
 from lafr_core.schedule import x0_from_eps  # noqa: E402
 
 FORGE_DIR = os.environ.get("FORGE_DIR")
@@ -97,7 +101,7 @@ def forge():
     engine = SimpleNamespace(forge_objects=SimpleNamespace(unet=patcher, vae=lib.VAE(model=ae)), is_sd1=False, is_sd2=True,
                              is_sdxl=False, is_sd3=False, sd_checkpoint_info=SimpleNamespace(title="tiny-forge-sd21"))
     weights = lafr_weights(SimpleNamespace(unet=unet, config=config))
-    return SimpleNamespace(lib=lib, unet=unet, kmodel=patcher.model, engine=engine, weights=weights)
+    return SimpleNamespace(lib=lib, unet=unet, kmodel=patcher.model, engine=engine, weights=weights, ae=ae)
 
 
 def _snapshot(module):
@@ -158,3 +162,39 @@ def test_face_restorer_with_the_real_forge_backend(forge, tmp_path, monkeypatch)
     assert np.abs(out[90:150, 195:255].astype(int) - image[90:150, 195:255]).mean() > 5
     assert np.array_equal(out[:40, :40], image[:40, :40])
     assert not _changed(forge.kmodel, before)
+
+
+@torch.no_grad()
+def test_an_osediff_file_on_forges_backend_equals_the_merged_references_and_restores_the_weights(forge):
+    from lafr_webui.forge import ForgeModel
+
+    kmodel, ae = forge.kmodel, forge.ae
+    sections = osediff_sections(SimpleNamespace(model=kmodel, first_stage_model=ae))
+    assert any(v.ndim == 2 for v in sections["kohya_lora"].values()) and sections["unet_set"] and sections["vae_lora"]
+    prompt = text_embedding(OSEDIFF_META["lafr.prompt"])
+    weights = LafrWeights(aligner=None, prompt_embeds=prompt, meta=dict(OSEDIFF_META), **sections)
+    before_unet, before_vae = _snapshot(kmodel), _snapshot(ae)
+    z = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(5))
+    reference = copy.deepcopy(forge.unet)
+    apply_kohya_replacements(reference, weights.unet_set)
+    merge_kohya_lora(reference, weights.kohya_lora)
+    eps = reference(z, 999, encoder_hidden_states=prompt.expand(2, -1, -1)).sample
+    crops = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(6))
+    expected = merged_vae_copy(ae, weights.vae_lora).encode(crops.movedim(-1, 1) * 2 - 1, regulation=lambda p: p.mode())
+
+    model = ForgeModel(forge.engine, weights)
+    try:
+        latent = model.encode(crops)
+        x0 = model.denoise(z)
+        assert _changed(kmodel, before_unet) and _changed(ae, before_vae)  # Forge merged the file for our calls...
+    finally:
+        model.restore_user_weights()
+    assert not _changed(kmodel, before_unet) and not _changed(ae, before_vae)  # ...and merged it out again
+
+    error = (x0 - x0_from_eps(z, eps, 999)).abs().max()
+    vae_error = (latent - expected).abs().max()
+    vae_effect = (ae.encode(crops.movedim(-1, 1) * 2 - 1, regulation=lambda p: p.mode()) - expected).abs().max()
+    print(f"OSEDiff file on Forge's backend: x0 max abs {error:.2e}, VAE latent max abs {vae_error:.2e} "
+          f"(the VAE LoRA moves it by {vae_effect:.3f})")
+    assert error < 2e-3 and vae_error < 1e-4 and vae_effect > 1e-2
+    assert forge.engine.forge_objects.vae.patcher.lora_patches == {}

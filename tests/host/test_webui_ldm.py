@@ -25,11 +25,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import build_unet  # noqa: E402
-from webui_models import OSEDIFF_META, lafr_weights, osediff_sections, text_embedding, tiny_sd2_config  # noqa: E402
+from webui_models import OSEDIFF_META, lafr_weights, merged_vae_copy, osediff_sections, text_embedding, tiny_sd2_config  # noqa: E402
 
 from lafr_core.ldm_keys import diffusers_to_ldm, layout_from_diffusers_config  # noqa: E402
 from lafr_core.lafr_file import LafrWeights  # noqa: E402
-from lafr_core.lora import apply_kohya_replacements, kohya_lora_layers, merge_kohya_lora  # noqa: E402
+from lafr_core.lora import apply_kohya_replacements, merge_kohya_lora  # noqa: E402
 from lafr_core.schedule import x0_from_eps  # noqa: E402
 
 _webui = os.environ.get("WEBUI_DIR")
@@ -149,17 +149,6 @@ def test_encode_mode_and_decode_on_the_ldm_vae(models):
     assert pixels.shape == (1, 64, 64, 3) and 0 <= float(pixels.min()) and float(pixels.max()) <= 1
 
 
-def _merged_ldm_vae(vae: nn.Module, vae_lora: dict) -> nn.Module:
-    """A copy of the LDM VAE with the LoRA merged into its weights (W += alpha/r * up @ down)."""
-    merged = copy.deepcopy(vae)
-    renamed = {"lora_unet_" + k.removeprefix("lora_vae."): v for k, v in vae_lora.items()}
-    with torch.no_grad():
-        for name, (down, up, scale) in kohya_lora_layers(renamed).items():
-            weight = merged.get_submodule(name.removeprefix("lora_unet_")).weight
-            weight += scale * (up.flatten(1) @ down.flatten(1)).reshape(weight.shape)
-    return merged
-
-
 @torch.no_grad()
 def test_an_osediff_file_on_the_real_ldm_modules_equals_the_merged_references(models):
     from lafr_webui.a1111 import A1111Model
@@ -190,7 +179,7 @@ def test_an_osediff_file_on_the_real_ldm_modules_equals_the_merged_references(mo
     assert error < 2e-3 and effect > 0.1
 
     crops = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(6))
-    expected = _merged_ldm_vae(models.shell.first_stage_model, weights.vae_lora).encode(crops.permute(0, 3, 1, 2) * 2 - 1).mode()
+    expected = merged_vae_copy(models.shell.first_stage_model, weights.vae_lora).encode(crops.permute(0, 3, 1, 2) * 2 - 1).mode()
     latent = host.encode(crops)
     plain = models.shell.first_stage_model.encode(crops.permute(0, 3, 1, 2) * 2 - 1).mode()
     print(f"VAE-encoder LoRA on LDM's Encoder: max abs {(latent - expected).abs().max():.2e} (moves it by {(plain - expected).abs().max():.3f})")
