@@ -150,3 +150,66 @@ def test_hooks_follow_a_half_precision_unet(model, weights):
     assert hooked.dtype == torch.bfloat16
     error, effect = (hooked.float() - expected).abs().mean(), (expected - unmerged).abs().mean()
     assert error < 0.1 * effect, (error, effect)  # bf16 round-off, far below what the LoRA changes
+
+
+class _Tree(nn.Module):
+    """Two layers under LDM paths: conv_in (replaced) and a Linear projection (LoRA)."""
+
+    def __init__(self, padding_mode: str = "zeros"):
+        super().__init__()
+        torch.manual_seed(0)
+        self.input_blocks = nn.ModuleList([nn.ModuleList([nn.Conv2d(4, 8, 3, padding=1, padding_mode=padding_mode)])])
+        self.proj = nn.Linear(8, 6)
+
+    def forward(self, x):
+        return self.proj(self.input_blocks[0][0](x).permute(0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect"])
+@torch.no_grad()
+def test_replacement_and_linear_lora_hooks_equal_the_merged_layers(padding_mode):
+    tree = _Tree(padding_mode)
+    gen = torch.Generator().manual_seed(1)
+    new_w, new_b = torch.randn(8, 4, 3, 3, generator=gen), torch.randn(8, generator=gen)
+    down, up = torch.randn(2, 8, generator=gen), torch.randn(6, 2, generator=gen)
+    kohya = {"lora_unet_proj.lora_down.weight": down, "lora_unet_proj.lora_up.weight": up, "lora_unet_proj.alpha": torch.tensor(8.0)}
+    unet_set = {"lora_unet_input_blocks_0_0.set_weight": new_w, "lora_unet_input_blocks_0_0.set_bias": new_b}
+    x = torch.randn(2, 4, 5, 5, generator=gen)
+    merged = copy.deepcopy(tree)
+    merged.input_blocks[0][0].weight.copy_(new_w)
+    merged.input_blocks[0][0].bias.copy_(new_b)
+    merged.proj.weight.add_(0.5 * 4.0 * (up @ down))  # strength 0.5, alpha/rank = 8/2
+    before = {k: v.clone() for k, v in tree.state_dict().items()}
+
+    with unet_hooks(tree, kohya, unet_set, strength=0.5) as hooks:
+        out = tree(x)
+        assert hooks.active
+    assert torch.allclose(out, merged(x), rtol=1e-5, atol=1e-5)  # the conv replaced (not scaled by strength), the LoRA added
+    assert (out - tree(x)).abs().max() > 0.1
+    assert all(torch.equal(v, before[k]) for k, v in tree.state_dict().items()) and not _hooks_left(tree)
+
+    only_weight = {"lora_unet_input_blocks_0_0.set_weight": new_w}  # the module keeps its own bias
+    with unet_hooks(tree, None, only_weight):
+        conv = tree.input_blocks[0][0]
+        expected = nn.Conv2d(4, 8, 3, padding=1, padding_mode=padding_mode)
+        expected.load_state_dict({"weight": new_w, "bias": conv.bias})
+        assert torch.allclose(conv(x), expected(x), rtol=1e-5, atol=1e-5)
+
+    half = copy.deepcopy(tree).bfloat16()
+    with unet_hooks(half, kohya, unet_set, strength=0.5):
+        assert half(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_replacements_that_do_not_fit_are_refused_before_any_hook():
+    tree = _Tree()
+    with pytest.raises(ValueError, match=r"replacement lora_unet_input_blocks_0_0.set_weight: \(8, 4, 1, 1\) does not fit"):
+        unet_hooks(tree, None, {"lora_unet_input_blocks_0_0.set_weight": torch.zeros(8, 4, 1, 1)})
+    with pytest.raises(ValueError, match="set_bias: \\(7,\\) does not fit the module's bias"):
+        unet_hooks(tree, None, {"lora_unet_input_blocks_0_0.set_weight": torch.zeros(8, 4, 3, 3),
+                                "lora_unet_input_blocks_0_0.set_bias": torch.zeros(7)})
+    with pytest.raises(ValueError, match="have .set_bias but no .set_weight"):
+        unet_hooks(tree, None, {"lora_unet_input_blocks_0_0.set_bias": torch.zeros(8)})
+    with pytest.raises(ValueError, match="LoRA layer lora_unet_proj: \\(2, 5\\) does not fit the Linear weight"):
+        unet_hooks(tree, {"lora_unet_proj.lora_down.weight": torch.zeros(2, 5), "lora_unet_proj.lora_up.weight": torch.zeros(6, 2),
+                          "lora_unet_proj.alpha": torch.tensor(2.0)})
+    assert not _hooks_left(tree)
