@@ -21,42 +21,24 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lafr_core.degrade import degrade_preset  # noqa: E402
+from eval_fixtures import aligned_crop  # noqa: E402
 from lafr_core.eval import EvalOptions, EvalSet, evaluate, landmarks_of, psnr, quantise, ssim  # noqa: E402
 from lafr_core.eval.learned import load_lpips  # noqa: E402
-from lafr_core.face import align_faces, detect_faces  # noqa: E402
 from lafr_core.identity import ArcFaceOnnx, DlibIdentity, dlib_problem  # noqa: E402
-from lafr_core.image_io import read_image  # noqa: E402
-
-DATA = REPO / "tests" / "data"
-
-
-def aligned(pixels: torch.Tensor) -> torch.Tensor:
-    return align_faces(pixels, detect_faces(pixels, detector="mtcnn", select="largest"), size=512)[0]
-
-
-def down_up(pixels: torch.Tensor, factor: int) -> torch.Tensor:
-    image = pixels[0].numpy()
-    h, w = image.shape[:2]
-    small = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)).clamp(0, 1)[None]
 
 
 def identity_table(models: list) -> None:
-    astronaut = read_image(DATA / "astronaut.png").pixels[..., :3]
-    hopper = read_image(DATA / "grace_hopper.jpg").pixels[..., :3]
-    reference = aligned(astronaut)
+    reference = aligned_crop("astronaut")
     cases = {"astronaut (itself)": reference}
     for factor in (2, 4, 8):
-        cases[f"astronaut x{factor} down and back"] = aligned(down_up(astronaut, factor))
-    cases["Grace Hopper"] = aligned(hopper)
+        cases[f"astronaut x{factor} down and back"] = aligned_crop("astronaut", factor)
+    cases["Grace Hopper"] = aligned_crop("grace_hopper")
     print("\n| vs astronaut's crop | " + " | ".join(m.name for m in models) + " |")
     print("|---|" + "---|" * len(models))
     for label, crop in cases.items():
@@ -74,7 +56,7 @@ def median_time(fn, runs: int) -> float:
 
 
 def throughput(faces: int, runs: int, models: list) -> None:
-    crops = [aligned(read_image(DATA / f).pixels[..., :3])[0].numpy() for f in ("astronaut.png", "grace_hopper.jpg")]
+    crops = [aligned_crop(name)[0].numpy() for name in ("astronaut", "grace_hopper")]
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(faces):
             Image.fromarray((crops[i % 2] * 255 + 0.5).astype(np.uint8)).save(Path(tmp) / f"face{i:03d}.png")

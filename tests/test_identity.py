@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lafr_core.face import align_faces, detect_faces
-from lafr_core.image_io import read_image
+from eval_fixtures import aligned_crop
 from lafr_core.identity import (
     ARCFACE_TEMPLATE_112,
     DLIB_THRESHOLD,
@@ -25,35 +24,17 @@ from lafr_core.identity import (
     same_person,
 )
 
-DATA = Path(__file__).parent / "data"
 needs_dlib = pytest.mark.skipif(dlib_problem() is not None, reason=f"identity extra not installed: {dlib_problem()}")
 
 
-def aligned(pixels: torch.Tensor, size: int = 512) -> torch.Tensor:
-    faces = detect_faces(pixels, detector="mtcnn", select="largest")
-    assert len(faces) == 1
-    return align_faces(pixels, faces, size=size)[0]
-
-
-def down_up(pixels: torch.Tensor, factor: int) -> torch.Tensor:
-    """The photo downscaled by `factor` (area) and back to its size (bicubic)."""
-    image = pixels[0].numpy()
-    h, w = image.shape[:2]
-    small = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-    return torch.from_numpy(cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)).clamp(0, 1)[None]
-
-
 @pytest.fixture(scope="module")
-def photos() -> dict[str, torch.Tensor]:
-    return {name: read_image(DATA / file).pixels[..., :3] for name, file in (("astronaut", "astronaut.png"), ("hopper", "grace_hopper.jpg"))}
-
-
-@pytest.fixture(scope="module")
-def crops(photos) -> dict[str, torch.Tensor]:
-    out = {name: aligned(pixels) for name, pixels in photos.items()}
-    out["astronaut_x2"] = aligned(down_up(photos["astronaut"], 2))
-    out["astronaut_x4"] = aligned(down_up(photos["astronaut"], 4))
-    return out
+def crops() -> dict[str, torch.Tensor]:
+    return {
+        "astronaut": aligned_crop("astronaut"),
+        "hopper": aligned_crop("grace_hopper"),
+        "astronaut_x2": aligned_crop("astronaut", 2),
+        "astronaut_x4": aligned_crop("astronaut", 4),
+    }
 
 
 @pytest.fixture(scope="module")
