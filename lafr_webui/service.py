@@ -5,8 +5,8 @@ the user's loaded model must be SD2.1-base (SD2.x eps), otherwise the image come
 with a message shown once. Any LAFR file runs, LAFR's own and converted OSEDiff ones: the prompt
 is the file's embedding, or text the loaded checkpoint encodes (lafr_webui.prompt); the colour fix
 "file default" is the file's `lafr.colour_fix`; a file asking for a sampled VAE latent gets the
-posterior mode, as in ComfyUI, said once. Progress goes to shared.state (textinfo and the step counters, put back
-afterwards), Interrupt/Skip stop it between face chunks (image unchanged), and
+posterior mode, as in ComfyUI, said once. Progress goes to shared.state (textinfo and the step
+counters, put back afterwards), Interrupt/Skip stop it between face chunks (image unchanged), and
 devices.torch_gc() runs at the end whatever happened. The webui's modules are imported inside the
 functions, so this module imports without the webui.
 """

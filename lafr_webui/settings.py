@@ -58,8 +58,9 @@ def resolve_lafr_file(name: str, folder: Path | None = None, setting: str = "Set
     files = lafr_files(folder)
     if name == AUTOMATIC:
         if not files:
-            raise FileNotFoundError(f"no LAFR file in {folder}: put a LAFR .safetensors file there (trained with "
-                                    "`python -m train`; none are published) and pick it in Settings > LAFR")
+            raise FileNotFoundError(f"no LAFR file in {folder}: put one there (OSEDiff's published face model, converted "
+                                    f"with `lafr convert osediff_face.pkl -o {folder / 'osediff_face.safetensors'}`, or "
+                                    "a file trained with `python -m train`) and pick it in Settings > LAFR")
         return folder / files[0]
     if name not in files:
         listed = ", ".join(files) if files else "none"
