@@ -2,7 +2,8 @@
 custom_nodes, full-size SD2.1-base stand-ins (random weights, real LDM keys, SD2's OpenCLIP-H
 text encoder) and a LAFR file and a converted OSEDiff-face file in the model folders, `main.py
 --cpu` on 127.0.0.1; every example workflow is converted to the API format with the server's own
-/object_info, posted, and must write an image of the input's size; the OSEDiff-face workflow's
+/object_info, posted, and must write an image of the input's size (the video example: an
+H.264 clip of a shaken photo in, every frame's face restored at the source's fps out); the OSEDiff-face workflow's
 image (CLIP Text Encode -> conditioning, adain) must equal the standalone pipeline's; an
 SD1.5-shaped checkpoint must fail with our message. Skipped when COMFYUI_DIR is unset.
 
@@ -83,11 +84,11 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
                 continue
             _, src, src_slot, *_ = links[inp["link"]]
             inputs[inp["name"]] = [str(src), src_slot]
-        socket_names = {i["name"] for i in node["inputs"]}
+        socket_names = {i["name"] for i in node["inputs"] if "widget" not in i}  # a linked widget keeps its value slot
         widget_names = [name for section in ("required", "optional") for name, spec in info["input"].get(section, {}).items()
                         if name not in socket_names and (isinstance(spec[0], list) or spec[0] in WIDGET_KINDS)]
         for name, value in zip(widget_names, node.get("widgets_values", [])):
-            inputs[name] = value
+            inputs.setdefault(name, value)  # the link wins (CreateVideo's fps from the source video)
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
@@ -144,7 +145,10 @@ def test_nodes_are_registered_with_their_names(server):
     assert ours and not any("IMPORT FAILED" in line for line in ours), ours
 
 
-@pytest.mark.parametrize("workflow", sorted(p.name for p in (REPO / "example_workflows").glob("*.json")))
+VIDEO_WORKFLOW, CLIP, CLIP_FRAMES, CLIP_FPS = "LAFR_video_frames.json", "lafr_video_frames.mp4", 6, 25
+
+
+@pytest.mark.parametrize("workflow", sorted(p.name for p in (REPO / "example_workflows").glob("*.json") if p.name != VIDEO_WORKFLOW))
 def test_example_workflow_runs_and_saves_an_image(server, workflow):
     port, base, info = server
     prompt = ui_to_api(json.loads((REPO / "example_workflows" / workflow).read_text()), info)
@@ -205,6 +209,58 @@ def test_osediff_workflow_restores_the_face_as_the_standalone_pipeline_does(serv
     assert len(reference.faces) == 1 and changed > 5, "the face was not restored"
     assert (saved == source).all(axis=-1).mean() > 0.5  # away from the face the photo is untouched
     assert diff.max() <= 2 and (diff > 1).mean() < 1e-3  # measured: 1 level at most (8-bit rounding)
+
+
+def write_shaken_clip(path: Path) -> np.ndarray:
+    """A short H.264 clip of a real photo (Grace Hopper at 0.45x in 192x192, a 2-px hand-held
+    sway, sensor noise, JPEG), as a phone would hand it over; returns its frames [F, H, W, 3] uint8."""
+    import av
+
+    from face_fixtures import HAND_LANDMARKS, load_portrait
+    from video_fixtures import degrade, render, shake_path, similarity
+
+    source = load_portrait("grace_hopper.jpg")[0].numpy()
+    centre = np.array(HAND_LANDMARKS["grace_hopper.jpg"], dtype=np.float64).mean(axis=0)
+    sway, rng = shake_path(CLIP_FRAMES, 2.0, seed=1, min_period=60, max_period=180), np.random.default_rng(0)
+    frames = np.stack([(degrade(render([(source, similarity(0.45, centre, (96 + dx, 100 + dy)), False)], (192, 192)), rng) * 255 + 0.5)
+                       .astype(np.uint8) for dx, dy in sway])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=CLIP_FPS)
+        stream.width, stream.height, stream.pix_fmt, stream.options = 192, 192, "yuv420p", {"crf": "10"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return frames
+
+
+def test_video_workflow_restores_every_frame_of_the_clip(server):
+    """The video example as shipped (Load Video -> Get Video Components -> Restore Faces with
+    temporal on -> Create Video at the source's fps -> Save Video) on a short shaken clip."""
+    import av
+
+    port, base, info = server
+    write_shaken_clip(base / "input" / CLIP)
+    prompt = ui_to_api(json.loads((REPO / "example_workflows" / VIDEO_WORKFLOW).read_text()), info)
+    restore = next(v for v in prompt.values() if v["class_type"] == "LAFRRestoreFaces")
+    assert restore["inputs"]["temporal"] is True and restore["inputs"]["image"][1] == 0
+    result = run_prompt(port, prompt)
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[-2000:]
+    saved = [v for out in result["outputs"].values() for v in out.get("images", []) if v["type"] == "output"]
+    assert len(saved) == 1 and saved[0]["filename"].endswith(".mp4"), result["outputs"]
+
+    def decode(path: Path) -> tuple[float, np.ndarray]:
+        with av.open(str(path)) as container:
+            rate = float(container.streams.video[0].average_rate)
+            return rate, np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(int)
+
+    fps, out = decode(base / "output" / saved[0]["subfolder"] / saved[0]["filename"])
+    frames = decode(base / "input" / CLIP)[1]  # what Load Video gave the graph
+    assert out.shape == frames.shape == (CLIP_FRAMES, 192, 192, 3) and fps == CLIP_FPS
+    face = (slice(None), slice(80, 120), slice(78, 114))  # between the eyes and the mouth, every frame
+    corner = (slice(None), slice(0, 30), slice(0, 30))  # far from the face: Save Video's H.264 only
+    changed, kept = np.abs(out[face] - frames[face]).mean(), np.abs(out[corner] - frames[corner]).mean()
+    print(f"video workflow: face changed by {changed:.1f} levels, far corner by {kept:.1f} (codec only)")
+    assert changed > 10 and changed > 3 * kept
 
 
 @pytest.mark.parametrize("checkpoint, found", [(SD15_CKPT, "it is sd1.x"), (VPRED_CKPT, "it predicts v")])
