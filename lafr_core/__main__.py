@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from .adapter import count_parameters
+from .eval.cli import EVAL_HELP, add_eval_arguments, run_eval
 from .lafr_file import LafrFileError, LafrWeights, load_lafr
 
 
@@ -243,8 +244,9 @@ def _convert_prompt_embeds(args: argparse.Namespace, prompt: str):
 COMMANDS: dict[str, Command] = {
     "info": Command("check LAFR files and describe what they hold", add_info_arguments, run_info),
     "doctor": Command("report devices, versions and the models this machine has", add_doctor_arguments, run_doctor),
-    "restore": Command("restore the faces in photos: detect, align, LAFR, paste back", add_restore_arguments, run_restore),
+    "restore": Command("restore the faces in photos and videos: detect, align, LAFR, paste back", add_restore_arguments, run_restore),
     "convert": Command("convert OSEDiff's osediff_face.pkl / osediff.pkl into a LAFR file", add_convert_arguments, run_convert),
+    "eval": Command(EVAL_HELP, add_eval_arguments, run_eval),
 }
 
 
