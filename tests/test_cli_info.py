@@ -116,3 +116,14 @@ def test_commands_are_registered_in_one_place():
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_eval_is_a_lafr_command(tmp_path):
+    """`lafr eval` is registered: the LQ faces scored as they are, files written, exit 0."""
+    from lafr_core.__main__ import main
+
+    out = tmp_path / "eval"
+    code = main(["eval", "--hq", str(Path(__file__).parent / "data"), "--preset", "x4", "--restorer", "none",
+                 "--no-lmd", "--identity", "none", "--lpips", "none", "--no-fid", "-o", str(out)])
+    assert code == 0
+    assert {"eval.csv", "summary.md", "contact_sheet.png"} <= {p.name for p in out.iterdir()}
