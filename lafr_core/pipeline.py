@@ -254,13 +254,17 @@ class LafrPipeline:
     def encode_raw(self, images: torch.Tensor) -> torch.Tensor:
         """[b, 3, H, W] in -1..1 -> RAW latent [b, 4, H/8, W/8] (unscaled): the posterior mode, or
         with the file's "sample" rule mean + std * noise, the noise drawn on the CPU from a generator
-        seeded with latent_seed at every call (torch.manual_seed(seed) then a global draw gives the
-        same numbers, as OSEDiff's `latent_dist.sample()` does)."""
+        seeded with latent_seed (torch.manual_seed(seed) then a global draw gives the same numbers,
+        as OSEDiff's `latent_dist.sample()` does on its one image per call).
+
+        Every face gets the same draw, the one a batch of one would get: a face's result must not
+        depend on its place in a batch or a video window (that would flicker on video and differ
+        between a folder run and a scaled-out one)."""
         dist = self.vae.encode(images.to(self.device, self.dtype)).latent_dist
         if self.latent_rule != "sample":
             return dist.mode()
         generator = torch.Generator().manual_seed(int(self.latent_seed or 0))
-        noise = torch.randn(dist.mean.shape, generator=generator, dtype=dist.mean.dtype)
+        noise = torch.randn((1, *dist.mean.shape[1:]), generator=generator, dtype=dist.mean.dtype)
         return dist.mean + dist.std * noise.to(dist.mean.device)
 
     @torch.no_grad()

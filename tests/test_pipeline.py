@@ -177,3 +177,17 @@ def test_diffusers_folder_loads_and_v_prediction_folder_is_refused(tmp_path):
     DDPMScheduler(beta_schedule="scaled_linear", prediction_type="v_prediction").save_pretrained(folder / "scheduler")
     with pytest.raises(BaseModelError, match="it predicts v"):
         load_sd21(folder)
+
+
+def test_sampled_latent_does_not_depend_on_a_faces_place_in_the_batch():
+    """The "sample" rule (OSEDiff files): a face's noise is the batch-of-one draw wherever it
+    sits, so a video window or a scaled-out run gives each face the same result."""
+    from tests.cli_fixtures import tiny_pipeline
+
+    _, pipe = tiny_pipeline()
+    pipe.latent_rule, pipe.latent_seed = "sample", 3
+    images = torch.rand(3, 3, 64, 64) * 2 - 1
+    together = pipe.encode_raw(images)
+    alone = torch.cat([pipe.encode_raw(images[i:i + 1]) for i in range(3)])
+    assert torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together, pipe.vae.encode(images).latent_dist.mode(), atol=1e-5)
