@@ -363,3 +363,16 @@ def test_bundled_configs_are_lcm_dreamshaper_v7():
     assert unet["cross_attention_dim"] == 768 and unet["time_cond_proj_dim"] == 256
     assert config("controlnet")["cross_attention_dim"] == 768
     assert config("scheduler")["original_inference_steps"] == 50 and config("scheduler")["timestep_scaling"] == 10.0
+
+
+def test_package_imports_without_diffusers_or_transformers():
+    """Hosts install neither: the package, the loader and the converter's fallback work without them."""
+    from test_host_free_imports import run_blocked
+
+    out = run_blocked(
+        "import lafr_core.interlcm, lafr_core.interlcm.convert, lafr_core.interlcm.pipeline\n"
+        "from lafr_core.interlcm.convert import spatial_encoder_shapes\n"
+        "print(spatial_encoder_shapes())"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"
