@@ -92,17 +92,27 @@ def restore_crops(weights: LafrWeights, crops: Tensor, host: HostModel) -> Tenso
     return host.decode(x0 / scale).float().clamp(0, 1)
 
 
+def face_detector(options: FaceOptions = FaceOptions(), select: str | Sequence[int] | None = None) -> Callable[[Tensor], FaceSet]:
+    """images [b, H, W, C] -> FaceSet with the options' detector, threshold, min size and
+    weights, resolved once (video calls it per chunk of frames). `select` overrides the options'
+    (video detects "all": its tracks are selected later)."""
+    detector = resolve_detector(options.detector, options.detector_weights)
+    # a RetinaFace weights folder must not reach MTCNN ("auto" may fall back to it)
+    weights = options.detector_weights if detector.startswith("retinaface") else None
+    chosen = options.select if select is None else select
+
+    @torch.no_grad()
+    def detect(images: Tensor) -> FaceSet:
+        return detect_faces(images, detector=detector, threshold=options.threshold, min_size=options.min_size,
+                            select=chosen, weights=weights)
+
+    return detect
+
+
 @torch.no_grad()
 def find_and_align(images: Tensor, options: FaceOptions = FaceOptions()) -> tuple[Tensor, FaceSet]:
     """Detect and align with the options' detector, on the images' device: (crops, faces)."""
-    detector = resolve_detector(options.detector, options.detector_weights)
-    # a RetinaFace weights folder must not reach MTCNN ("auto" may fall back to it)
-    detector_weights = options.detector_weights if detector.startswith("retinaface") else None
-    faces = detect_faces(
-        images, detector=detector, threshold=options.threshold, min_size=options.min_size,
-        select=options.select, weights=detector_weights,
-    )
-    return align_faces(images, faces, size=options.crop_size)
+    return align_faces(images, face_detector(options)(images), size=options.crop_size)
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ from lafr_core.face import FaceSet
 from lafr_core.host_chain import ChainInterrupted, FaceOptions, HostModel, restore_images
 from lafr_core.lafr_file import LafrWeights
 from lafr_core.video import detect_frames, merge_frames, restore_frame_batch, split_frames, temporal_faces, track_frames
-from lafr_core.video import frames as frames_module
+from lafr_core import host_chain
 from video_fixtures import face, frame_faces
 
 H, W = 96, 128
@@ -31,7 +31,7 @@ def scripted_clip(n: int, empty=()) -> torch.Tensor:
 
 @pytest.fixture
 def scripted_detector(monkeypatch):
-    """detect_faces replaced: one face drifting right with +-0.8 px noise (a seeded function of
+    """host_chain's detect_faces replaced: one face drifting right with +-0.8 px noise (a seeded function of
     the frame index), none where the frame says so; the calls' batch sizes are recorded."""
     calls: list[int] = []
 
@@ -45,7 +45,7 @@ def scripted_detector(monkeypatch):
             found.append(frame_faces([] if image[0, 0, 1] == 1.0 else [face((50 + t + noise[0], 48 + noise[1]), 40)], (H, W)))
         return merge_frames(found)
 
-    monkeypatch.setattr(frames_module, "detect_faces", detect)
+    monkeypatch.setattr(host_chain, "detect_faces", detect)  # host_chain.face_detector calls it
     return calls
 
 

@@ -22,8 +22,8 @@ from typing import Callable
 
 import torch
 
-from ..face import FaceSet, align_faces, detect_faces, resolve_detector
-from ..host_chain import ChainInterrupted, ChainResult, FaceOptions, HostModel, restore_images
+from ..face import FaceSet, align_faces
+from ..host_chain import ChainInterrupted, ChainResult, FaceOptions, HostModel, face_detector, restore_images
 from ..lafr_file import LafrWeights
 from .smoothing import DEFAULT_SIGMA
 from .stream import merge_frames, split_frames, temporal_faces
@@ -54,14 +54,12 @@ def detect_frames(
     frames' device; the options' detector, threshold, min size and weights as host_chain uses
     them. `should_stop()` is asked before each chunk (a True raises host_chain.ChainInterrupted)."""
     _check_frames(images, chunk)
-    detector = resolve_detector(options.detector, options.detector_weights)
-    weights = options.detector_weights if detector.startswith("retinaface") else None  # never a RetinaFace folder into MTCNN
+    detect = face_detector(options, select="all")
     found = []
     for start in range(0, images.shape[0], chunk):
         if should_stop is not None and should_stop():
             raise ChainInterrupted("LAFR: stopped by the host")
-        found.append(detect_faces(images[start : start + chunk], detector=detector, threshold=options.threshold,
-                                  min_size=options.min_size, select="all", weights=weights))
+        found.append(detect(images[start : start + chunk]))
     return merge_frames(found)
 
 

@@ -19,8 +19,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from ..face import FaceSet, detect_faces, resolve_detector
-from ..host_chain import FaceOptions, HostModel, restore_images
+from ..face import FaceSet
+from ..host_chain import FaceOptions, HostModel, face_detector, restore_images
 from ..lafr_file import LafrWeights
 from .smoothing import DEFAULT_SIGMA
 from .stream import merge_frames, stream_frames
@@ -59,14 +59,7 @@ class FrameCounts:
 def frame_detector(options: FaceOptions):
     """images [b, H, W, C] -> every face (select "all": the stream selects tracks) with the
     options' detector, threshold and min size."""
-    detector = resolve_detector(options.detector, options.detector_weights)
-    weights = options.detector_weights if detector.startswith("retinaface") else None  # never a RetinaFace file to MTCNN
-
-    def detect(images: Tensor) -> FaceSet:
-        return detect_faces(images, detector=detector, threshold=options.threshold, min_size=options.min_size,
-                            select="all", weights=weights)
-
-    return detect
+    return face_detector(options, select="all")
 
 
 def _windows(items: Iterable, size: int) -> Iterator[list]:
