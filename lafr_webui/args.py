@@ -14,11 +14,11 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Mapping, TypeVar
 
-from lafr_core.face import COLOUR_CORRECTIONS, DETECTORS
+from lafr_core.face import COLOUR_CORRECTIONS, DETECTORS, FILE_COLOUR_FIX, colour_for
 
 AUTOMATIC = "Automatic"  # Settings' LAFR file: the first file in models/LAFR
 FROM_SETTINGS = "Use settings"  # Extras' LAFR file: whatever Settings > LAFR says
-FILE_COLOUR = "file default"  # the file's own `lafr.colour_fix` (none for LAFR, adain for OSEDiff)
+FILE_COLOUR = FILE_COLOUR_FIX  # the file's own `lafr.colour_fix` (none for LAFR, adain for OSEDiff)
 COLOUR_CHOICES = (FILE_COLOUR, *COLOUR_CORRECTIONS)
 
 T = TypeVar("T")
@@ -83,7 +83,7 @@ class RestoreArgs:
 
     def colour_for(self, file_colour_fix: str) -> str:
         """The colour correction to run: the setting, or with FILE_COLOUR the file's own."""
-        return file_colour_fix if self.colour_correction == FILE_COLOUR else self.colour_correction
+        return colour_for(self.colour_correction, file_colour_fix)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "RestoreArgs":

@@ -37,7 +37,8 @@ TEMPORAL_INPUTS = {
 }
 PASTE_INPUTS = {
     "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Blend of the restored face over the original (0 = original)."}),
-    "colour_correction": (list(COLOUR_CORRECTIONS), {"default": "none", "tooltip": "Match the restored face's colours to the input face: lab (mean/std) or wavelet (low frequencies)."}),
+    "colour_correction": (list(COLOUR_CORRECTIONS), {"default": "none", "tooltip": "Match the restored face's colours to the input face: lab (mean/std in the face mask), wavelet (low frequencies) "
+                          "or adain (OSEDiff's default: RGB mean/std over the whole crop)."}),
     "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "How softly the face mask fades out (fraction of the face ellipse)."}),
 }
 

@@ -4,6 +4,7 @@ same chain the A1111/Forge restorer runs."""
 
 from __future__ import annotations
 
+from ..lafr_core.face import COLOUR_CORRECTIONS, FILE_COLOUR_FIX, colour_for
 from ..lafr_core.host_chain import HostModel, restore_images
 from ..lafr_core.video import restore_frame_batch
 from . import comfy_host
@@ -12,6 +13,14 @@ from .latent_nodes import CONDITIONING_INPUT
 from .ui_preview import before_after
 
 NODE = "LAFR Restore Faces"
+# The all-in-one node knows the file, so it offers the file's own colour fix (adain for OSEDiff
+# files, none for LAFR's) and defaults to it; Face Paste Back has no file and keeps the plain list.
+RESTORE_PASTE_INPUTS = {
+    **PASTE_INPUTS,
+    "colour_correction": ([FILE_COLOUR_FIX, *COLOUR_CORRECTIONS], {
+        "default": FILE_COLOUR_FIX,
+        "tooltip": f"{FILE_COLOUR_FIX}: what the file asks for (none for LAFR files, adain for OSEDiff-face). " + PASTE_INPUTS["colour_correction"][1]["tooltip"]}),
+}
 
 
 class LAFRRestoreFaces:
@@ -35,7 +44,7 @@ class LAFRRestoreFaces:
                 "vae": ("VAE", {"tooltip": "The VAE of that checkpoint."}),
                 "lafr": ("LAFR", {"tooltip": "From LAFR Loader (a '1+2' file; a '2' file skips alignment)."}),
                 **DETECT_INPUTS,
-                **PASTE_INPUTS,
+                **RESTORE_PASTE_INPUTS,
                 "lora_strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 2.0, "step": 0.05, "tooltip": "Scale of the LAFR LoRA."}),
             },
             "optional": {"conditioning": CONDITIONING_INPUT, **TEMPORAL_INPUTS},
@@ -48,7 +57,8 @@ class LAFRRestoreFaces:
         vae = comfy_host.vae_with_encoder_lora(vae, lafr, NODE)
         host = HostModel(encode=vae.encode, denoise=unet.denoise, decode=vae.decode, device=comfy_host.compute_device(),
                          oom_errors=comfy_host.oom_errors(), on_oom=comfy_host.free_memory_after_oom)
-        options = face_options(detector, threshold, min_size, select, strength=strength, colour_correction=colour_correction, feather=feather)
+        options = face_options(detector, threshold, min_size, select, strength=strength,
+                               colour_correction=colour_for(colour_correction, lafr.colour_fix), feather=feather)
         temporal = Temporal.from_inputs(temporal, temporal_sigma, max_gap)
         progress = None
 

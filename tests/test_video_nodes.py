@@ -185,3 +185,23 @@ def test_temporal_select_picks_tracks(pack, host, clip):
         assert count == expected, select
     with pytest.raises(ValueError, match="select takes 'all', 'largest' or face indices"):
         node.detect(frames, **{**DETECT, "select": "biggest"}, temporal=True)
+
+
+def test_restore_faces_file_default_colour_is_the_files_own(pack, host, clip):
+    """Restore Faces' default colour correction is the file's `lafr.colour_fix`: adain for an
+    OSEDiff file (the same pixels as choosing adain), none for a LAFR file."""
+    import dataclasses
+
+    frames = clip[0][:2]
+    vae, weights = host
+    node = pack.NODE_CLASS_MAPPINGS["LAFRRestoreFaces"]()
+    choices, spec = node.INPUT_TYPES()["required"]["colour_correction"]
+    assert spec["default"] == "file default" and {"none", "lab", "wavelet", "adain"} < set(choices)
+    osediff = dataclasses.replace(weights, meta={"lafr.engine": "osediff-face", "lafr.colour_fix": "adain"})
+
+    def run(w, colour):
+        return node.restore(frames, None, vae, w, **DETECT, **{**PASTE, "colour_correction": colour})["result"][0]
+
+    assert torch.equal(run(osediff, "file default"), run(osediff, "adain"))
+    assert not torch.equal(run(osediff, "file default"), run(osediff, "none"))
+    assert torch.equal(run(weights, "file default"), run(weights, "none"))

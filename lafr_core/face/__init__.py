@@ -10,7 +10,7 @@ never diffusers or peft, which the ComfyUI / A1111 node path does not have.
 """
 
 from .align import DEFAULT_CROP_SIZE, FFHQ_TEMPLATE_512, align_faces, estimate_similarity, ffhq_template, invert_affine
-from .colour import COLOUR_CORRECTIONS, correct_colour
+from .colour import COLOUR_CORRECTIONS, FILE_COLOUR_FIX, colour_for, correct_colour
 from .detect import DEFAULT_MIN_SIZE, DEFAULT_THRESHOLDS, DETECTORS, detect_faces, detector_status, parse_select, resolve_detector, select_faces
 from .errors import DetectorUnavailableError, DetectorWeightsError, FaceError
 from .faceset import LANDMARK_NAMES, FaceSet
@@ -29,6 +29,8 @@ __all__ = [
     "DEFAULT_CROP_SIZE",
     "DEFAULT_FEATHER",
     "COLOUR_CORRECTIONS",
+    "FILE_COLOUR_FIX",
+    "colour_for",
     "MASKS",
     "FFHQ_TEMPLATE_512",
     "ffhq_template",

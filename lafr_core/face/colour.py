@@ -19,6 +19,14 @@ import torch
 import torch.nn.functional as F
 
 COLOUR_CORRECTIONS = ("none", "lab", "wavelet", "adain")
+# A host's choice meaning "what the LAFR-format file asks for" (`lafr.colour_fix`: none for LAFR
+# files, adain for converted OSEDiff files), so one default suits every engine.
+FILE_COLOUR_FIX = "file default"
+
+
+def colour_for(choice: str, file_colour_fix: str) -> str:
+    """The correction to run: the user's choice, or with FILE_COLOUR_FIX the file's own."""
+    return file_colour_fix if choice == FILE_COLOUR_FIX else choice
 
 # sRGB (D65) <-> XYZ, IEC 61966-2-1
 _RGB_TO_XYZ = torch.tensor([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]])
