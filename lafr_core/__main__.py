@@ -174,7 +174,9 @@ def run_restore(args: argparse.Namespace) -> int:
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, metavar="PKL", help="OSEDiff's osediff_face.pkl (faces) or osediff.pkl (general photos)")
+    parser.add_argument("checkpoint", type=Path, nargs="+", metavar="FILE",
+                        help="OSEDiff's osediff_face.pkl (faces) or osediff.pkl (general photos); or InterLCM's pair "
+                             "visual_encoder_<N>step.pth spatial_encoder_<N>step.pth (release v0.1.0, CC BY-NC 4.0)")
     parser.add_argument("-o", "--output", type=Path, default=None,
                         help="the .safetensors to write, or a folder (default: beside the .pkl, same name); e.g. ComfyUI/models/lafr/")
     parser.add_argument("--base", default=None,
@@ -191,13 +193,25 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="the seed of the draw with --latent sample")
     parser.add_argument("--colour-fix", choices=["adain", "wavelet", "none"], default="adain",
                         help="the default colour fix hosts apply to the restored crop (OSEDiff's default: adain)")
+    parser.add_argument("--steps", type=int, choices=[1, 3], default=None,
+                        help="InterLCM only: the weights' step count (default: from the file names)")
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    """Convert an OSEDiff .pkl into a LAFR format-2 file; exit 1 with one message when it cannot."""
+    """Convert an OSEDiff .pkl into a LAFR format-2 file, or InterLCM's .pth pair into an InterLCM
+    file; exit 1 with one message when it cannot."""
+    from .interlcm.convert import looks_like_pair, run_cli as convert_interlcm_cli
     from .osediff import OSEDiffCheckpointError, convert, default_prompt, engine_from_name
 
-    src = args.checkpoint
+    if looks_like_pair(args.checkpoint):
+        visual, spatial = args.checkpoint
+        return convert_interlcm_cli(argparse.Namespace(visual=visual, spatial=spatial, output=args.output, steps=args.steps))
+    if len(args.checkpoint) != 1:
+        print(f"lafr convert: give one OSEDiff .pkl, or InterLCM's two .pth files (visual encoder, then spatial encoder); "
+              f"got {len(args.checkpoint)} files", file=sys.stderr)
+        print("Nothing was written.", file=sys.stderr)
+        return 1
+    src = args.checkpoint[0]
     dst = args.output or src.with_suffix(".safetensors")
     if dst.is_dir():
         dst = dst / (src.stem + ".safetensors")
@@ -245,7 +259,8 @@ COMMANDS: dict[str, Command] = {
     "info": Command("check LAFR files and describe what they hold", add_info_arguments, run_info),
     "doctor": Command("report devices, versions and the models this machine has", add_doctor_arguments, run_doctor),
     "restore": Command("restore the faces in photos and videos: detect, align, LAFR, paste back", add_restore_arguments, run_restore),
-    "convert": Command("convert OSEDiff's osediff_face.pkl / osediff.pkl into a LAFR file", add_convert_arguments, run_convert),
+    "convert": Command("convert OSEDiff's osediff_face.pkl / osediff.pkl, or InterLCM's .pth pair, into a .safetensors file",
+                       add_convert_arguments, run_convert),
     "eval": Command(EVAL_HELP, add_eval_arguments, run_eval),
 }
 

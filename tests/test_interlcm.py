@@ -376,3 +376,21 @@ def test_package_imports_without_diffusers_or_transformers():
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "None"
+
+
+def test_lafr_convert_takes_the_pth_pair(tmp_path, tiny_spatial, capsys):
+    """`lafr convert visual.pth spatial.pth -o folder/` writes the InterLCM file (steps from the
+    names); three files are refused in one line and nothing is written."""
+    from lafr_core.__main__ import main
+
+    visual_path, spatial_path, _ = write_pair(tmp_path, tiny_spatial, steps=3)
+    out = tmp_path / "models"
+    out.mkdir()
+    assert main(["convert", str(visual_path), str(spatial_path), "-o", str(out)]) == 0
+    assert load_interlcm(out / "interlcm_3step.safetensors").steps == 3
+    assert "InterLCM, 3 step(s)" in capsys.readouterr().out
+
+    assert main(["convert", str(visual_path), str(spatial_path), str(visual_path), "-o", str(tmp_path / "x.safetensors")]) == 1
+    err = capsys.readouterr().err
+    assert "got 3 files" in err and "Nothing was written." in err
+    assert not (tmp_path / "x.safetensors").exists()
