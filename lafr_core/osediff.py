@@ -41,8 +41,6 @@ written, and the write is atomic (lafr_file), so a failed conversion leaves no f
 from __future__ import annotations
 
 import hashlib
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -52,6 +50,7 @@ import torch
 from .lafr_file import ENGINES, VAE_LORA_PREFIX, save_lafr
 from .ldm_keys import diffusers_module_to_ldm, kohya_unet_name, vae_encoder_module_to_ldm
 from .sd21_modules import ModuleShape, sd21_unet_modules, sd21_vae_encoder_modules
+from .torch_pickle import load_plain_pickle
 
 SOURCE_URL = "https://github.com/cswry/OSEDiff"
 LICENCE = "Apache-2.0"
@@ -91,43 +90,11 @@ def engine_from_name(path: str | Path) -> str:
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The .pkl's dict, unpickled with weights_only=True (tensors, lists, ints, dicts only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise OSEDiffCheckpointError(f"OSEDiff checkpoint '{path}' does not exist")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(exc)
-        if "GLOBAL" in reason:  # torch's weights-only unpickler met a class or function reference
-            raise OSEDiffCheckpointError(
-                f"OSEDiff checkpoint '{path}' holds more than tensors and plain values (code objects or custom "
-                f"classes: {reason}). It is refused unread, since unpickling it could run code; "
-                "download osediff_face.pkl again from the OSEDiff repository"
-            ) from None
-        raise OSEDiffCheckpointError(
-            f"'{path}' is not a torch-saved OSEDiff checkpoint (the weights-only unpickler stops at: {reason})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise OSEDiffCheckpointError(
-            f"'{path}' cannot be read as a torch-saved OSEDiff checkpoint (truncated or not a .pkl: {_first_line(exc)})"
-        ) from None
+    obj = load_plain_pickle(path, "OSEDiff checkpoint", OSEDiffCheckpointError,
+                            "download osediff_face.pkl again from the OSEDiff repository", ".pkl")
     if not isinstance(obj, dict):
         raise OSEDiffCheckpointError(f"OSEDiff checkpoint '{path}' holds a {type(obj).__name__}, not OSEDiff's dict of 8 entries")
     return obj
-
-
-def _unpickler_reason(exc: BaseException) -> str:
-    """The line of torch's long weights-only message that says what it met."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "GLOBAL" in line or line.startswith("Unsupported") or "WeightsUnpickler error:" in line and line[-1] != ":":
-            return line[:300]
-    return lines[-1][:300] if lines else type(exc).__name__
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
 
 
 # --------------------------------------------------------------------------- SD2.1-base modules

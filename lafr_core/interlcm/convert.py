@@ -21,17 +21,16 @@ downloaded by this package.
 from __future__ import annotations
 
 import argparse
-import pickle
 import re
 import sys
-import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from ..osediff import _first_line, _unpickler_reason, sha256_of
+from ..osediff import sha256_of
+from ..torch_pickle import load_plain_pickle
 from .lcm import INTERLCM_STEPS
 from .weights import (
     SPATIAL_SENTINELS,
@@ -55,22 +54,8 @@ class InterLCMCheckpointError(ValueError):
 def read_state_dict(path: str | Path, what: str) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict, the key it came from) of a basicsr .pth, unpickled with weights_only=True."""
     path = Path(path)
-    if not path.is_file():
-        raise InterLCMCheckpointError(f"InterLCM {what} '{path}' does not exist")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        reason = _unpickler_reason(exc)
-        if "GLOBAL" in reason:
-            raise InterLCMCheckpointError(
-                f"InterLCM {what} '{path}' holds more than tensors and plain values ({reason}); it is refused "
-                "unread, since unpickling it could run code. Download it again from the InterLCM release"
-            ) from None
-        raise InterLCMCheckpointError(f"'{path}' is not a torch-saved InterLCM {what} (the unpickler stops at: {reason})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
-        raise InterLCMCheckpointError(
-            f"'{path}' cannot be read as a torch-saved InterLCM {what} (truncated or not a .pth: {_first_line(exc)})"
-        ) from None
+    obj = load_plain_pickle(path, f"InterLCM {what}", InterLCMCheckpointError,
+                            "download it again from the InterLCM release", ".pth")
     if not isinstance(obj, dict):
         raise InterLCMCheckpointError(f"InterLCM {what} '{path}' holds a {type(obj).__name__}, not a dict with 'params_ema'")
     key = next((k for k in STATE_KEYS if k in obj), None)
