@@ -7,6 +7,10 @@ A host lends those as three functions (:class:`HostModel`); everything else (fac
 latent scaling, the adapter, chunking on out-of-memory, progress and interruption) is decided
 once, here, without importing any host.
 
+A second engine (InterLCM) plugs in as a :class:`CropEngine`, its own way to restore a chunk of
+aligned crops; `restore_faces` runs the same face pipeline around any engine, and
+`restore_images` is it with LAFR's engine on a HostModel.
+
 Latents crossing the host boundary are RAW VAE latents (posterior mode, unscaled) for the VAE
 functions and SCALED latents (x latent_scale, what the UNet sees) for the UNet step; the scale is
 the LAFR file's own `lafr.latent_scale`, as in ComfyUI (DESIGN §3).
@@ -70,6 +74,30 @@ class HostModel:
 
 
 @dataclass(frozen=True)
+class CropEngine:
+    """One engine's way to restore aligned crops on a host, all the chain needs of it:
+
+    restore(crops [n, S, S, 3] float 0..1 on `device`) -> restored crops, same shape, 0..1
+    name: for messages ("LAFR", "InterLCM"); oom_errors / on_oom as in HostModel.
+
+    LAFR's comes from lafr_engine(weights, host); InterLCM's from its host layer. Engines
+    differ only in what happens to a chunk of crops: detection, alignment, chunking on
+    out-of-memory, interruption, progress and paste-back are the chain's, shared."""
+
+    restore: Callable[[Tensor], Tensor]
+    device: torch.device
+    name: str = "LAFR"
+    oom_errors: tuple[type[BaseException], ...] = DEFAULT_OOM_ERRORS
+    on_oom: Callable[[int], None] | None = None
+
+
+def lafr_engine(weights: LafrWeights, host: HostModel) -> CropEngine:
+    """LAFR's (and converted OSEDiff files') engine: restore_crops on the host's VAE and UNet."""
+    require_unet_step(weights, "LAFR")
+    return CropEngine(lambda crops: restore_crops(weights, crops, host), host.device, "LAFR", host.oom_errors, host.on_oom)
+
+
+@dataclass(frozen=True)
 class ChainResult:
     images: Tensor  # same shape, dtype and channels as the input images
     faces: FaceSet  # what was found (with affines when any face was)
@@ -126,43 +154,56 @@ def restore_images(
     progress: Callable[[int, int], None] | None = None,
     faces: FaceSet | None = None,
 ) -> ChainResult:
-    """Restore every face of images [B, H, W, C] float 0..1 (C in 1, 3, 4).
+    """restore_faces with LAFR's engine on the host's VAE and UNet (see restore_faces)."""
+    return restore_faces(images, lafr_engine(weights, host), options, chunk, should_stop, progress, faces)
 
-    All faces go through the VAE and ONE UNet forward together (chunk None), halved on the host's
-    out-of-memory error. `should_stop()` is asked before detection and before every chunk; when it
-    says stop, ChainInterrupted is raised and nothing is pasted. `progress(done, total)` counts
-    faces. No face found: the images come back unchanged (a clone), never an error.
+
+@torch.no_grad()
+def restore_faces(
+    images: Tensor,
+    engine: CropEngine,
+    options: FaceOptions = FaceOptions(),
+    chunk: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    faces: FaceSet | None = None,
+) -> ChainResult:
+    """Restore every face of images [B, H, W, C] float 0..1 (C in 1, 3, 4) with `engine`.
+
+    All faces go to the engine together (chunk None), halved on the host's out-of-memory error.
+    `should_stop()` is asked before detection and before every chunk; when it says stop,
+    ChainInterrupted is raised and nothing is pasted. `progress(done, total)` counts faces. No
+    face found: the images come back unchanged (a clone), never an error.
 
     `faces`: detections made already (e.g. lafr_core.video.temporal_faces on a frame batch, or
     one window of a stream), used instead of detecting: they are aligned on these images, so
     the crops and paste masks follow the given (smoothed) landmarks."""
-    require_unet_step(weights, "LAFR")
     stop = should_stop or (lambda: False)
 
     def check_stop() -> None:
         if stop():
-            raise ChainInterrupted("LAFR: stopped by the host")
+            raise ChainInterrupted(f"{engine.name}: stopped by the host")
 
     check_stop()
-    pixels = images.to(host.device)
+    pixels = images.to(engine.device)
     if faces is None:
         crops, faces = find_and_align(pixels, options)
     else:
         if faces.num_images != pixels.shape[0]:
-            raise ValueError(f"LAFR: the faces given are for {faces.num_images} images, the batch has {pixels.shape[0]}")
+            raise ValueError(f"{engine.name}: the faces given are for {faces.num_images} images, the batch has {pixels.shape[0]}")
         crops, faces = align_faces(pixels, faces.to(pixels.device), size=options.crop_size)
     if len(faces) == 0:
         return ChainResult(images.clone(), faces.to(images.device))
 
     total = len(faces)
     restored = run_in_chunks(
-        lambda batch: restore_crops(weights, batch, host),
+        engine.restore,
         crops,
         chunk=chunk,
-        oom_errors=host.oom_errors,
+        oom_errors=engine.oom_errors,
         before_chunk=check_stop,
         after_chunk=(lambda done: progress(done, total)) if progress is not None else None,
-        on_oom=host.on_oom,
+        on_oom=engine.on_oom,
     )
     check_stop()
     out = paste_faces(

@@ -1,9 +1,9 @@
 """`python -m lafr_core restore INPUT... -o OUT`: detect -> align -> LAFR -> paste back, per photo
 or per video frame (lafr_core.video: faces tracked and smoothed over time by default).
 
-Every photo goes through lafr_core.host_chain.restore_images, the chain the ComfyUI node and the
+Every photo goes through lafr_core.host_chain.restore_faces, the chain the ComfyUI node and the
 A1111/Forge restorer run; the CLI's "host" is the standalone pipeline (LafrPipeline.host_model).
-What restores is injected as a :class:`Restorer` (the LAFR file's weights and a HostModel), so
+What restores is injected as a :class:`Restorer` (an engine of host_chain), so
 tests (and other callers) run the whole flow with any model. Without SD2.1-base or LAFR weights
 the command still detects and aligns every photo and writes the preview (the user sees what would
 be restored), then exits non-zero with a message naming each missing weight and every place it
@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import torch
 
 from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, parse_select
-from .host_chain import FaceOptions, HostModel, find_and_align, restore_images
+from .host_chain import CropEngine, FaceOptions, HostModel, find_and_align, lafr_engine, restore_faces
 from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
 from .lafr_file import LafrWeights
 from .scale_out import ProcessSlot
@@ -54,10 +54,15 @@ class RestoreOptions:
 
 @dataclass(frozen=True)
 class Restorer:
-    """What restores the faces: a LAFR file's weights and a host lending its VAE and UNet."""
+    """What restores the faces: an engine of host_chain (LAFR's on a host's VAE and UNet, or
+    another engine's); the face pipeline around it is the same for every engine."""
 
-    weights: LafrWeights
-    host: HostModel
+    engine: CropEngine
+
+    @classmethod
+    def lafr(cls, weights: LafrWeights, host: HostModel) -> "Restorer":
+        """A LAFR (or converted OSEDiff) file on a host lending its VAE and UNet."""
+        return cls(lafr_engine(weights, host))
 
 
 @dataclass
@@ -192,7 +197,7 @@ def pipeline_restorer(base: str, lafr: Path, device: str | None, prompt: str | N
         pipe = LafrPipeline.from_pretrained(base, weights, device=device, prompt=prompt)
     except TextEncoderUnavailable as exc:
         raise ValueError(f"--prompt needs SD2.1's text encoder: {exc}" if prompt is not None else str(exc)) from None
-    return Restorer(weights, pipe.host_model())
+    return Restorer.lafr(weights, pipe.host_model())
 
 
 # --------------------------------------------------------------------------- one image
@@ -206,13 +211,13 @@ def process_image(source: Path, target: Path, options: RestoreOptions, restorer:
     except ImageReadError as exc:
         report.error = str(exc)
         return report
-    device = restorer.host.device if restorer is not None else torch.device(options.device or image.pixels.device)
+    device = restorer.engine.device if restorer is not None else torch.device(options.device or image.pixels.device)
     pixels = image.pixels.to(device)
     crops = restored = output = None
     if restorer is None:
         crops, faces = find_and_align(pixels, options.face)
     else:
-        result = restore_images(pixels, restorer.weights, restorer.host, options.face, chunk=options.batch_size)
+        result = restore_faces(pixels, restorer.engine, options.face, chunk=options.batch_size)
         faces, restored, crops = result.faces, result.restored, result.crops
         if len(faces) == 0:
             _pass_through(source, target, image)
@@ -285,7 +290,7 @@ def process_video(source: Path, target: Path, options: RestoreOptions, restorer:
                   disable=not options.progress, dynamic_ncols=True) as bar:
             transcode(
                 source, target,
-                lambda frames: restore_frames(frames, restorer.weights, restorer.host, options.face, options.video,
+                lambda frames: restore_frames(frames, restorer.engine, options.face, options.video,
                                               chunk=options.batch_size, counts=counts),
                 on_frame=lambda _n: bar.update(1),
                 on_note=notes.append,

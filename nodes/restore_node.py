@@ -5,12 +5,12 @@ same chain the A1111/Forge restorer runs."""
 from __future__ import annotations
 
 from ..lafr_core.face import COLOUR_CORRECTIONS, FILE_COLOUR_FIX, colour_for
-from ..lafr_core.host_chain import HostModel, restore_images
+from ..lafr_core.host_chain import HostModel, lafr_engine, restore_images
 from ..lafr_core.video import restore_frame_batch
 from . import comfy_host
 from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, interrupted, face_options, placeholder_crops
 from .latent_nodes import CONDITIONING_INPUT
-from .ui_preview import before_after
+from .ui_preview import restore_preview
 
 NODE = "LAFR Restore Faces"
 # The all-in-one node knows the file, so it offers the file's own colour fix (adain for OSEDiff
@@ -68,9 +68,10 @@ class LAFRRestoreFaces:
             progress(done)
 
         if temporal.on:  # video frames: faces tracked and smoothed over the batch, restored 16 frames at a time
-            result = restore_frame_batch(image, lafr, host, options, temporal.sigma, temporal.max_gap, should_stop=interrupted, progress=tick)
+            result = restore_frame_batch(image, lafr_engine(lafr, host), options, temporal.sigma, temporal.max_gap, should_stop=interrupted, progress=tick)
         else:
             result = restore_images(image, lafr, host, options, should_stop=interrupted, progress=tick)
         out = result.images.to(comfy_host.intermediate_device())
         restored = result.restored.to(comfy_host.intermediate_device()) if result.restored is not None else placeholder_crops()
-        return {"ui": before_after(image, out), "result": (out, restored, len(result.faces))}
+        ui = restore_preview(image, out, result.faces, result.crops, result.restored)
+        return {"ui": ui, "result": (out, restored, len(result.faces))}

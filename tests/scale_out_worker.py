@@ -14,4 +14,4 @@ from lafr_core.restore_cli import Restorer, main  # noqa: E402
 
 if __name__ == "__main__":
     weights, pipe = tiny_pipeline()
-    sys.exit(main(build_parser().parse_args(["restore", *sys.argv[1:]]), restorer=Restorer(weights, pipe.host_model())))
+    sys.exit(main(build_parser().parse_args(["restore", *sys.argv[1:]]), restorer=Restorer.lafr(weights, pipe.host_model())))

@@ -35,7 +35,7 @@ def recording(weights, host):
         calls.append(tuple(crops.shape))
         return host.encode(crops)
 
-    restorer = Restorer(weights, replace(host, encode=encode))
+    restorer = Restorer.lafr(weights, replace(host, encode=encode))
     return restorer, calls
 
 

@@ -5,8 +5,6 @@ changed, temporal and per-frame modes differ; unreadable files and Ctrl-C leave 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 
@@ -95,24 +93,27 @@ def test_unreadable_files_are_named_and_nothing_is_written(tmp_path, clip, capsy
 
 
 def test_ctrl_c_leaves_no_output_and_keeps_an_earlier_file(tmp_path, clip, capsys):
-    restorer = stand_in_restorer()
     calls = []
 
-    def decode(raw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return restorer.host.decode(raw)
+    def interrupting(decode):
+        def wrapped(raw):
+            calls.append(1)
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+            return decode(raw)
+        return wrapped
+
+    restorer = stand_in_restorer(wrap_decode=interrupting)
 
     target = tmp_path / "restored.mp4"
     assert run_cli([str(clip), "-o", str(target), "--detector", "mtcnn", "--window", "4", "--no-temporal"],
-                   replace(restorer, host=replace(restorer.host, decode=decode))) == 130
+                   restorer) == 130
     assert "interrupted" in capsys.readouterr().out
     assert list(tmp_path.iterdir()) == []  # neither the video nor its temporary file
     target.write_bytes(b"an earlier result")
     calls.clear()
     assert run_cli([str(clip), "-o", str(target), "--detector", "mtcnn", "--window", "4", "--no-temporal"],
-                   replace(restorer, host=replace(restorer.host, decode=decode))) == 130
+                   restorer) == 130
     assert target.read_bytes() == b"an earlier result" and list(tmp_path.iterdir()) == [target]
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lafr_core.face import FaceSet
-from lafr_core.host_chain import ChainInterrupted, FaceOptions, HostModel, restore_images
+from lafr_core.host_chain import ChainInterrupted, FaceOptions, HostModel, lafr_engine, restore_images
 from lafr_core.lafr_file import LafrWeights
 from lafr_core.video import detect_frames, merge_frames, restore_frame_batch, split_frames, temporal_faces, track_frames
 from lafr_core import host_chain
@@ -112,7 +112,7 @@ def test_windows_give_the_pixels_of_one_call(scripted_detector):
     clip = scripted_clip(10, empty=(4, 5, 6))  # a whole window without a face
     whole = restore_images(clip, WEIGHTS, echo_host(), OPTIONS, faces=track_frames(clip, OPTIONS, sigma=3.0, max_gap=0))
     done = []
-    windowed = restore_frame_batch(clip, WEIGHTS, echo_host(), OPTIONS, sigma=3.0, max_gap=0, window=3, detect_chunk=4,
+    windowed = restore_frame_batch(clip, lafr_engine(WEIGHTS, echo_host()), OPTIONS, sigma=3.0, max_gap=0, window=3, detect_chunk=4,
                               progress=lambda n, total: done.append((n, total)))
     assert windowed.faces.counts() == [1, 1, 1, 1, 0, 0, 0, 1, 1, 1] and windowed.faces.track_ids.tolist() == [0] * 4 + [1] * 3
     assert torch.equal(windowed.restored, whole.restored) and torch.equal(windowed.crops, whole.crops)

@@ -61,9 +61,10 @@ def write_clip(path: Path, frames: int = 30, size: int = 256, rate: Fraction = N
     return path
 
 
-def stand_in_restorer(crop: int = 512) -> Restorer:
+def stand_in_restorer(crop: int = 512, wrap_decode=None) -> Restorer:
     """A Restorer without models: 'VAE' and 'UNet' pass the crop through, the 'decode' dims it
-    and adds a fixed smooth texture in crop coordinates (deterministic, cheap, visible)."""
+    and adds a fixed smooth texture in crop coordinates (deterministic, cheap, visible).
+    `wrap_decode(decode)` -> the decode the host uses (to inject a Ctrl-C)."""
     y, x = torch.meshgrid(torch.arange(crop), torch.arange(crop), indexing="ij")
     texture = (0.15 * torch.sin(x / crop * 12.0) * torch.cos(y / crop * 9.0))[..., None]
     weights = LafrWeights(aligner=None, kohya_lora=None, prompt_embeds=torch.zeros(1, 77, 32), meta={"lafr.stages": "2"})
@@ -71,8 +72,9 @@ def stand_in_restorer(crop: int = 512) -> Restorer:
     def decode(raw: torch.Tensor) -> torch.Tensor:
         return (raw * 0.7 + 0.1 + texture.to(raw.device)[: raw.shape[1], : raw.shape[2]]).clamp(0, 1)
 
-    host = HostModel(encode=lambda crops: crops, denoise=lambda z: z, decode=decode, device=torch.device("cpu"))
-    return Restorer(weights, host)
+    host = HostModel(encode=lambda crops: crops, denoise=lambda z: z, decode=wrap_decode(decode) if wrap_decode else decode,
+                     device=torch.device("cpu"))
+    return Restorer.lafr(weights, host)
 
 
 def video_frames(path: Path) -> np.ndarray:

@@ -5,7 +5,7 @@ host chain with those faces instead of a fresh per-frame detection.
 Why a module of its own: the ComfyUI nodes (Face Detect & Align, Restore Faces) and any host
 that holds a clip's frames need the same three steps, and each of them must bound its memory
 on a long batch: detection runs DETECT_CHUNK frames per detect_faces call, and restoration
-RESTORE_WINDOW frames per restore_images call (the smoothing is already done on the whole
+RESTORE_WINDOW frames per restore_faces call (the smoothing is already done on the whole
 batch, so the windows need no overlap; every face is restored, colour-corrected and pasted on
 its own, so windows give the same pixels as one call). A clip too long for memory as a batch
 goes through lafr_core.video.FaceStream instead (bounded lookahead).
@@ -23,8 +23,7 @@ from typing import Callable
 import torch
 
 from ..face import FaceSet, align_faces
-from ..host_chain import ChainInterrupted, ChainResult, FaceOptions, HostModel, face_detector, restore_images
-from ..lafr_file import LafrWeights
+from ..host_chain import ChainInterrupted, ChainResult, CropEngine, FaceOptions, face_detector, restore_faces
 from .smoothing import DEFAULT_SIGMA
 from .stream import merge_frames, split_frames, temporal_faces
 from .tracks import DEFAULT_MAX_GAP
@@ -32,7 +31,7 @@ from .tracks import DEFAULT_MAX_GAP
 # Frames per detect_faces call: MTCNN's image pyramid of 16 1080p frames stays near 1 GB, and
 # the per-call overhead is already amortised at this size.
 DETECT_CHUNK = 16
-# Frames per restore_images call: the aligned crops, latents and restored crops of one window
+# Frames per restore_faces call: the aligned crops, latents and restored crops of one window
 # (3 MB per 512-px face in float32, each several times over) are what the chain holds at once.
 RESTORE_WINDOW = 16
 
@@ -87,8 +86,7 @@ def align_frames(images: torch.Tensor, options: FaceOptions = FaceOptions(), sig
 
 def restore_frame_batch(
     images: torch.Tensor,
-    weights: LafrWeights,
-    host: HostModel,
+    engine: CropEngine,
     options: FaceOptions = FaceOptions(),
     sigma: float = DEFAULT_SIGMA,
     max_gap: int = DEFAULT_MAX_GAP,
@@ -98,12 +96,12 @@ def restore_frame_batch(
     detect_chunk: int = DETECT_CHUNK,
     window: int = RESTORE_WINDOW,
 ) -> ChainResult:
-    """Temporal-mode restore_images for frames [F, H, W, C]: faces tracked and smoothed over the
-    whole batch, then restore_images(..., faces=) `window` frames at a time (the same pixels as
+    """Temporal-mode restore_faces (any engine) for frames [F, H, W, C]: faces tracked and smoothed over the
+    whole batch, then restore_faces(..., faces=) `window` frames at a time (the same pixels as
     one call on the whole batch with the same faces). `chunk`, `should_stop` and `progress`
-    (faces done over the whole batch) as in restore_images. The result's faces carry track_ids."""
+    (faces done over the whole batch) as in restore_faces. The result's faces carry track_ids."""
     _check_frames(images, window)
-    faces = track_frames(images.to(host.device), options, sigma, max_gap, detect_chunk, should_stop)
+    faces = track_frames(images.to(engine.device), options, sigma, max_gap, detect_chunk, should_stop)
     if len(faces) == 0:
         return ChainResult(images.clone(), faces.to(images.device))
     per_frame = split_frames(faces)
@@ -113,7 +111,7 @@ def restore_frame_batch(
         stop = min(start + window, images.shape[0])
         here = merge_frames(per_frame[start:stop])
         tick = (lambda n, _, offset=done: progress(offset + n, total)) if progress is not None else None
-        result = restore_images(images[start:stop], weights, host, options, chunk=chunk, should_stop=should_stop,
+        result = restore_faces(images[start:stop], engine, options, chunk=chunk, should_stop=should_stop,
                                 progress=tick, faces=here)
         outs.append(result.images)
         found.append(result.faces)
