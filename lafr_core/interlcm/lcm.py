@@ -17,10 +17,12 @@ diffusers so every host can run it:
 * guidance: LCM Dreamshaper takes guidance scale 8 as an embedding of w = 8 - 1 (a sinusoidal
   256-d vector of w * 1000) through the UNet's `timestep_cond`; no classifier-free guidance.
 
-Noise: their code draws it unseeded from the global generator. Ours comes from one CPU
-torch.Generator per face seeded with seed + face index, each drawing its face's noise step after
-step, so a face's result depends on neither the batch nor the chunking; a single face with seed s
-draws exactly what diffusers draws with generator=torch.Generator().manual_seed(s).
+Noise: their code draws it unseeded from the global generator. Ours gives every face its own
+CPU torch.Generator seeded with the same `seed`, each drawing its face's noise step after step:
+every face gets the batch-of-one draw, so its result depends neither on the batch, its place in
+it, the chunking nor (on video) the frame: a still face gets the same noise in every frame,
+which keeps it from flickering. A single face with seed s draws exactly what diffusers draws
+with generator=torch.Generator().manual_seed(s).
 
 The schedule is SD1.5's "scaled_linear" (the same as SD2.1's), computed in float64.
 """
@@ -86,9 +88,9 @@ def guidance_embedding(batch: int, scale: float = GUIDANCE_SCALE, dim: int = GUI
     return torch.nn.functional.pad(emb, (0, dim % 2))
 
 
-def face_generators(count: int, seed: int, offset: int = 0) -> list[torch.Generator]:
-    """One CPU generator per face, seeded seed + offset + i (module doc)."""
-    return [torch.Generator().manual_seed(int(seed) + offset + i) for i in range(count)]
+def face_generators(count: int, seed: int) -> list[torch.Generator]:
+    """One CPU generator per face, each seeded `seed` (module doc)."""
+    return [torch.Generator().manual_seed(int(seed)) for _ in range(count)]
 
 
 def draw_noise(like: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:

@@ -135,9 +135,9 @@ class InterLCMPipeline:
         return self.visual_encoder(tokens.to(next(self.visual_encoder.parameters()).device).float())
 
     @torch.no_grad()
-    def restore_latents(self, lq: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """LQ faces [n, 3, H, W] in -1..1 -> restored scaled latent; `offset` = index of the first
-        face in the whole call (its noise seed is seed + offset)."""
+    def restore_latents(self, lq: torch.Tensor) -> torch.Tensor:
+        """LQ faces [n, 3, H, W] in -1..1 -> restored scaled latent (every face draws the noise of
+        `seed`, lafr_core.interlcm.lcm)."""
         lq = lq.to(self.device, self.dtype)
         prompt = self.visual_tokens(lq).to(self.device, self.dtype)
         z_lq = self.vae.encode(lq).latent_dist.mean * self.latent_scale
@@ -151,7 +151,7 @@ class InterLCMPipeline:
                 down_block_additional_residuals=down, mid_block_additional_residual=mid,
             ).sample
 
-        return interlcm_sample(z_lq, predict_eps, self.steps, face_generators(lq.shape[0], self.seed, offset))
+        return interlcm_sample(z_lq, predict_eps, self.steps, face_generators(lq.shape[0], self.seed))
 
     @torch.no_grad()
     def restore(
@@ -168,7 +168,7 @@ class InterLCMPipeline:
         out = []
         for start in range(0, faces.shape[0], batch_size):
             lq = faces[start : start + batch_size].permute(0, 3, 1, 2).float() * 2 - 1
-            latents = self.restore_latents(lq, offset=start)
+            latents = self.restore_latents(lq)
             images = self.vae.decode(latents / self.latent_scale).sample.float().clamp(-1, 1)
             out.append(((images + 1) / 2).permute(0, 2, 3, 1).to(faces.device))
             if progress is not None:
