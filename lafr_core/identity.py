@@ -178,13 +178,19 @@ def find_arcface(explicit: str | Path | None = None) -> tuple[Path | None, list[
     if start is not None and Path(start).expanduser().is_file():
         return Path(start).expanduser(), [Path(start).expanduser()]
     folders = [Path(start).expanduser()] if start is not None else arcface_folders()
+    return first_arcface(folders), folders
+
+
+def first_arcface(folders: list[Path]) -> Path | None:
+    """The best ArcFace recognizer (ARCFACE_FILES order) in any of `folders`, at any depth, or
+    None; folders that do not exist are skipped (a host without models/insightface)."""
     for name in ARCFACE_FILES:
         for folder in folders:
             if folder.is_dir():
                 hits = sorted(folder.rglob(name))
                 if hits:
-                    return hits[0], folders
-    return None, folders
+                    return hits[0]
+    return None
 
 
 def _input_normalisation(path: Path) -> tuple[float, float]:

@@ -11,7 +11,7 @@ from ..lafr_core.face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SI
 from ..lafr_core.host_chain import FaceOptions, find_and_align
 from ..lafr_core.video import DEFAULT_MAX_GAP, DEFAULT_SIGMA, align_frames
 from . import comfy_host
-from .ui_preview import before_after, face_overlay
+from .ui_preview import face_overlay, restore_preview
 
 log = logging.getLogger("ComfyUI-LAFR")
 
@@ -149,4 +149,4 @@ class LAFRFacePasteBack:
 
     def paste(self, image, restored_faces, lafr_faces, strength, colour_correction, feather):
         out = paste_back(image, restored_faces, lafr_faces, strength, colour_correction, feather)
-        return {"ui": before_after(image, out), "result": (out,)}
+        return {"ui": restore_preview(image, out, lafr_faces, None, restored_faces), "result": (out,)}

@@ -2,12 +2,14 @@
 
 Saved like ComfyUI's own preview nodes (PNG in the temp folder, {"filename", "subfolder",
 "type": "temp"}), downscaled to PREVIEW_MAX_SIDE so a 4K batch does not flood the browser.
-The extension draws a before/after split or the detected faces; its setting
-"LAFR: show previews" turns the drawing off.
+The extension draws a before/after split (with each face's identity distance input -> output
+when an identity model is installed) or the detected faces; its setting "LAFR: show previews"
+turns the drawing off.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 
@@ -15,7 +17,10 @@ import torch
 from PIL import Image
 
 from ..lafr_core.face import FaceSet
+from ..lafr_core.face_identity import IdentityReport, host_identity_model, measure_faces
 from ..lafr_core.image_io import to_uint8_rgb
+
+log = logging.getLogger("ComfyUI-LAFR")
 
 PREVIEW_MAX_SIDE = 1024  # big enough to judge a face, small enough for a browser tab
 MAX_PREVIEW_IMAGES = 8  # of a batch, the first few are shown
@@ -37,9 +42,66 @@ def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict]:
     return records
 
 
-def before_after(before: torch.Tensor, after: torch.Tensor) -> dict:
-    """UI output for the split view: pairs of the same images before and after restoration."""
-    return {"lafr_before": save_temp_images(before, "lafr_before"), "lafr_after": save_temp_images(after, "lafr_after")}
+def before_after(before: torch.Tensor, after: torch.Tensor, identity: list[dict] | None = None) -> dict:
+    """UI output for the split view: pairs of the same images before and after restoration, and
+    (`identity`, from identity_records) each shown face's identity distance, one record per pair."""
+    ui = {"lafr_before": save_temp_images(before, "lafr_before"), "lafr_after": save_temp_images(after, "lafr_after")}
+    if identity:
+        ui["lafr_identity"] = identity
+    return ui
+
+
+def insightface_folders() -> list[str]:
+    """ComfyUI's models/insightface (and any path extra_model_paths.yaml gives "insightface"):
+    where ReActor, InstantID and IPAdapter FaceID users keep buffalo_l's w600k_r50.onnx."""
+    import folder_paths
+
+    paths = list(folder_paths.folder_names_and_paths.get("insightface", ([], set()))[0])
+    default = os.path.join(folder_paths.models_dir, "insightface")
+    return paths if default in paths else [default, *paths]
+
+
+def identity_records(faces: FaceSet, report: IdentityReport, num_images: int) -> list[dict]:
+    """One record per previewed image (the order of lafr_before): its size in pixels, how to read
+    the numbers, and its measured faces' boxes (image pixels) with their distances."""
+    where = dict(zip(report.face_index, report.distances))
+    records = []
+    for index in range(min(num_images, MAX_PREVIEW_IMAGES)):
+        height, width = faces.image_sizes[index]
+        mine = [i for i in (faces.image_index == index).nonzero()[:, 0].tolist() if i in where]
+        records.append({
+            "width": width,
+            "height": height,
+            "model": report.model,
+            "legend": report.legend,
+            "threshold": report.threshold,
+            "faces": [{"index": i, "box": [round(v, 2) for v in faces.boxes[i].tolist()], "distance": round(where[i], 4)} for i in mine],
+        })
+    return records
+
+
+def face_identity(image: torch.Tensor, faces: FaceSet | None, crops: torch.Tensor | None, restored: torch.Tensor | None) -> list[dict] | None:
+    """identity_records of the previewed images' faces and one log line, or None (no face, or no
+    identity model: then nothing but a directory check and an import-spec lookup ran)."""
+    if faces is None or restored is None or len(faces) == 0:
+        return None
+    model = host_identity_model(insightface_folders(), notify=lambda message: log.info("LAFR: %s", message))
+    if model is None:
+        return None
+    report = measure_faces(model, faces, restored, crops, image, max_images=MAX_PREVIEW_IMAGES)
+    shown = f" (faces of the first {MAX_PREVIEW_IMAGES} images)" if image.shape[0] > MAX_PREVIEW_IMAGES else ""
+    log.info("LAFR: %s%s", report.line(), shown)
+    return identity_records(faces, report, image.shape[0])
+
+
+def restore_preview(image: torch.Tensor, out: torch.Tensor, faces: FaceSet | None, crops: torch.Tensor | None,
+                    restored: torch.Tensor | None) -> dict:
+    """The ui of a node that restores faces: before/after of `image` -> `out`, with each shown
+    face's identity distance aligned input crop (`crops`; None: cut again from `image`) ->
+    `restored` crop when an identity model is installed.
+
+        return {"ui": restore_preview(image, out, result.faces, result.crops, result.restored), "result": ...}"""
+    return before_after(image, out, face_identity(image, faces, crops, restored))
 
 
 def face_overlay(images: torch.Tensor, faces: FaceSet) -> dict:
