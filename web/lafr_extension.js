@@ -1,10 +1,14 @@
 // ComfyUI-LAFR frontend extension: a before/after split view on "LAFR Restore Faces" and
-// "Face Paste Back", and the detected faces drawn over the input on "LAFR Face Detect & Align".
+// "Face Paste Back" (with each face's identity distance input -> output when the server measured
+// one), and the detected faces drawn over the input on "LAFR Face Detect & Align".
 // Plain ES module against the frontend's extension API (app.registerExtension); the drawing
 // logic lives in lafr_view.js (tested with node --test). No build step, no network.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
-import { clipForSplit, drawOverlay, fitRect, overlayShapes, splitFromPointer, splitPairs, viewPath } from "./lafr_view.js";
+import {
+  clipForSplit, drawIdentity, drawOverlay, fitRect, identityFor, identityShapes, overlayShapes, splitFromPointer, splitPairs,
+  viewPath,
+} from "./lafr_view.js";
 
 const SETTING_ID = "LAFR.ShowPreviews";
 const SPLIT_NODES = new Set(["LAFRRestoreFaces", "LAFRFacePasteBack"]);
@@ -59,6 +63,8 @@ function showSplit(node, output) {
   label.textContent = "before | after";
   Object.assign(label.style, { position: "absolute", top: "4px", left: "6px", color: "#fff", font: "12px sans-serif", textShadow: "0 0 3px #000" });
   box.append(beforeImg, afterImg, handle, label);
+  const identity = identityFor(output, 0);
+  const drawFaces = identity ? identityLayer(box, beforeImg, identity) : () => {};
 
   const place = (fraction) => {
     const rect = fitRect(beforeImg.naturalWidth, beforeImg.naturalHeight, box.clientWidth, box.clientHeight);
@@ -76,9 +82,33 @@ function showSplit(node, output) {
   };
   box.addEventListener("pointermove", move);
   box.addEventListener("pointerdown", move);
-  beforeImg.addEventListener("load", () => place(fraction));
-  new ResizeObserver(() => place(fraction)).observe(box);
+  beforeImg.addEventListener("load", () => {
+    place(fraction);
+    drawFaces();
+  });
+  new ResizeObserver(() => {
+    place(fraction);
+    drawFaces();
+  }).observe(box);
   app.graph?.setDirtyCanvas(true, true);
+}
+
+/** A canvas over the split with each face's box and "ID 0.21" (red when not the same person by
+ *  the model's threshold); returns its redraw function (image loaded, node resized). */
+function identityLayer(box, img, record) {
+  const canvas = document.createElement("canvas");
+  Object.assign(canvas.style, { position: "absolute", inset: "0", width: "100%", height: "100%", pointerEvents: "none" });
+  box.append(canvas);
+  return () => {
+    const width = box.clientWidth || MIN_HEIGHT;
+    const height = box.clientHeight || MIN_HEIGHT;
+    canvas.width = width;
+    canvas.height = height;
+    const ctx = canvas.getContext("2d");
+    ctx.clearRect(0, 0, width, height);
+    if (!img.complete || !img.naturalWidth) return;
+    drawIdentity(ctx, identityShapes(record, fitRect(img.naturalWidth, img.naturalHeight, width, height)), height);
+  };
 }
 
 /** The input image with every detected face's box, score and five landmarks, and the count. */

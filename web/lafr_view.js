@@ -93,3 +93,60 @@ export function drawOverlay(ctx, shapes, { lineWidth = 2, radius = 3, font = "12
   ctx.fillStyle = "#ffffff";
   ctx.fillText(shapes.caption, 6, 16);
 }
+
+export const ID_COLOUR = "#ffffff";
+export const ID_FAR_COLOUR = "#ff4040";
+
+/** The identity record of before/after pair `index` (the server's lafr_identity: one per pair,
+ *  sent only when an identity model is installed), or null when there is nothing to show. */
+export function identityFor(output, index = 0) {
+  const record = output?.lafr_identity?.[index];
+  return record && (record.faces ?? []).length ? record : null;
+}
+
+/** "ID 0.21" (dlib) or "ID 23.4" (ArcFace degrees: no need for hundredths). */
+export function identityLabel(distance) {
+  const d = Number(distance);
+  return `ID ${d.toFixed(Math.abs(d) >= 10 ? 1 : 2)}`;
+}
+
+/** "ID input->output: dlib ResNet descriptor, same person < 0.6" */
+export function identityCaption(record) {
+  return `ID input->output: ${record.model}${record.legend ? `, ${record.legend}` : ""}`;
+}
+
+/** Faces of an identity record mapped from image pixels into the drawn rectangle, each labelled
+ *  with its distance and flagged `far` (drawn in ID_FAR_COLOUR) when it is not under the
+ *  model's same-person threshold; a model without a threshold flags nothing. */
+export function identityShapes(record, rect) {
+  const scale = record.width > 0 ? rect.w / record.width : 0;
+  const threshold = typeof record.threshold === "number" ? record.threshold : null;
+  const faces = (record.faces ?? []).filter((face) => Number.isFinite(face.distance)).map((face) => {
+    const [x1, y1, x2, y2] = face.box;
+    const far = threshold !== null && face.distance >= threshold;
+    return {
+      index: face.index,
+      box: { x: rect.x + x1 * scale, y: rect.y + y1 * scale, w: (x2 - x1) * scale, h: (y2 - y1) * scale },
+      label: identityLabel(face.distance),
+      far,
+      colour: far ? ID_FAR_COLOUR : ID_COLOUR,
+    };
+  });
+  return { faces, caption: identityCaption(record) };
+}
+
+/** Draw identityShapes() output: a box and its "ID 0.21" under each face, the caption at the bottom. */
+export function drawIdentity(ctx, shapes, height, { lineWidth = 1.5, font = "12px sans-serif" } = {}) {
+  ctx.lineWidth = lineWidth;
+  ctx.font = font;
+  ctx.shadowColor = "#000000";
+  ctx.shadowBlur = 3;
+  for (const face of shapes.faces) {
+    ctx.strokeStyle = face.colour;
+    ctx.strokeRect(face.box.x, face.box.y, face.box.w, face.box.h);
+    ctx.fillStyle = face.colour;
+    ctx.fillText(face.label, face.box.x + 2, Math.min(height - 4, face.box.y + face.box.h + 14));
+  }
+  ctx.fillStyle = ID_COLOUR;
+  ctx.fillText(shapes.caption, 6, height - 6);
+}
