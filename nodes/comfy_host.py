@@ -200,45 +200,63 @@ class PatchedUNet:
         self.prompt = weights.prompt_embeds
 
     def load(self, batch_shape: tuple[int, ...]) -> torch.device:
-        """Load (and patch) the clone for one forward of `batch_shape` latents: ComfyUI frees what
-        it must for the weights plus that batch's activations, or loads part of the weights
-        (lowvram) and streams the rest."""
-        import comfy.model_management as mm
-
-        memory = self.patcher.model.memory_required(list(batch_shape))
-        mm.load_models_gpu([self.patcher], memory_required=memory, minimum_memory_required=memory)
-        return self.patcher.load_device
-
-    def model_options(self, sigma: torch.Tensor) -> tuple[dict, dict]:
-        """(model_options, transformer_options) for one call, built as samplers.py builds them:
-        a copy of the patcher's options with its wrappers and callbacks merged in, so attention
-        patches and APPLY_MODEL wrappers of other packs on the user's MODEL still apply."""
-        import comfy.model_patcher
-        import comfy.patcher_extension as ext
-
-        options = comfy.model_patcher.create_model_options_clone(self.patcher.model_options)
-        transformer = options.setdefault("transformer_options", {})
-        ext.merge_nested_dicts(transformer.setdefault("wrappers", {}), self.patcher.wrappers, copy_dict1=False)
-        ext.merge_nested_dicts(transformer.setdefault("callbacks", {}), self.patcher.callbacks, copy_dict1=False)
-        transformer["cond_or_uncond"] = [0]  # one conditioned batch, no CFG
-        transformer["sigmas"] = sigma
-        return options, transformer
+        """Load (and patch) the clone for one forward of `batch_shape` latents (load_for_forward)."""
+        return load_for_forward(self.patcher, batch_shape)
 
     def denoise(self, z_t: torch.Tensor) -> torch.Tensor:
         """Scaled x_t -> scaled x0 (apply_model of an EPS model returns x0 for x = x_t*sqrt(1+sigma^2))."""
         n = z_t.shape[0]
         device = self.load(tuple(z_t.shape))
-        base = self.patcher.model
         x = z_t.to(device) * math.sqrt(1.0 + float(self.sigma) ** 2)
         sigma = self.sigma.to(device).expand(n)
-        options, transformer = self.model_options(sigma)
-        c = {"c_crossattn": self.prompt.to(device).expand(n, -1, -1), "transformer_options": transformer}
-        wrapper = options.get("model_function_wrapper")
-        if wrapper is not None:
-            x0 = wrapper(base.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": [0]})
-        else:
-            x0 = base.apply_model(x, sigma, **c)
-        return x0.float()
+        return apply_model(self.patcher, x, sigma, {"c_crossattn": self.prompt.to(device).expand(n, -1, -1)})
+
+
+def load_for_forward(patcher, batch_shape: tuple[int, ...], also: tuple = ()) -> torch.device:
+    """Load (and patch) `patcher`, and the models in `also` (a ControlNet's), for one forward of
+    `batch_shape` latents, right before it: ComfyUI frees what it must for the weights plus that
+    batch's activations, or loads part of the weights (lowvram) and streams the rest."""
+    import comfy.model_management as mm
+
+    memory = patcher.model.memory_required(list(batch_shape))
+    mm.load_models_gpu([patcher, *also], memory_required=memory, minimum_memory_required=memory)
+    return patcher.load_device
+
+
+def sampler_options(patcher, sigma: torch.Tensor) -> tuple[dict, dict]:
+    """(model_options, transformer_options) for one call, built as samplers.py builds them: a
+    copy of the patcher's options with its wrappers and callbacks merged in, so attention patches
+    and APPLY_MODEL wrappers of other packs on the user's MODEL still apply."""
+    import comfy.model_patcher
+    import comfy.patcher_extension as ext
+
+    options = comfy.model_patcher.create_model_options_clone(patcher.model_options)
+    transformer = options.setdefault("transformer_options", {})
+    ext.merge_nested_dicts(transformer.setdefault("wrappers", {}), patcher.wrappers, copy_dict1=False)
+    ext.merge_nested_dicts(transformer.setdefault("callbacks", {}), patcher.callbacks, copy_dict1=False)
+    transformer["cond_or_uncond"] = [0]  # one conditioned batch, no CFG
+    transformer["sigmas"] = sigma
+    return options, transformer
+
+
+def apply_model(patcher, x: torch.Tensor, sigma: torch.Tensor, cond: dict, control_for=None) -> torch.Tensor:
+    """The loaded patcher's apply_model on k-diffusion input x (= x_t * sqrt(1 + sigma^2)) at
+    `sigma` [n] with `cond` (c_crossattn, ...): its denoised output (x0 for EPS models), float32,
+    through the patcher's model_function_wrapper when another pack set one.
+
+    `control_for(x, sigma, cond, transformer_options)` -> a ControlNet's residuals for this call
+    (what samplers.py puts in cond["control"]), made with the same transformer options."""
+    base = patcher.model
+    options, transformer = sampler_options(patcher, sigma)
+    c = {**cond, "transformer_options": transformer}
+    if control_for is not None:
+        c["control"] = control_for(x, sigma, c, transformer)
+    wrapper = options.get("model_function_wrapper")
+    if wrapper is not None:
+        out = wrapper(base.apply_model, {"input": x, "timestep": sigma, "c": c, "cond_or_uncond": [0]})
+    else:
+        out = base.apply_model(x, sigma, **c)
+    return out.float()
 
 
 def oom_errors() -> tuple[type[BaseException], ...]:
