@@ -195,9 +195,10 @@ class MeanColour:
         return (a.mean(dim=(1, 2)) - b.mean(dim=(1, 2))).abs().sum(dim=-1)
 
 
-def test_only_the_previewed_images_faces_are_measured(pack, monkeypatch):
-    """A 12-frame clip measures the faces of the 8 frames the preview can show, in FaceSet order,
-    and the ui has one record per previewed frame."""
+def test_only_the_previewed_images_faces_are_measured(pack, monkeypatch, caplog):
+    """A 12-photo batch measures the faces of the 8 images the preview saves, in FaceSet order,
+    one ui record per previewed image; a 12-frame clip (faces with track ids) only the first
+    frame's (the same people follow, and every face costs two descriptor passes)."""
     from lafr_core.face import FaceSet
 
     face_identity, ui_preview = ours("lafr_core.face_identity"), ours("nodes.ui_preview")
@@ -209,8 +210,17 @@ def test_only_the_previewed_images_faces_are_measured(pack, monkeypatch):
     report = face_identity.measure_faces(MeanColour(), faces, restored, crops, max_images=ui_preview.MAX_PREVIEW_IMAGES)
     assert report.face_index == tuple(range(8))
     assert report.distances == pytest.approx((torch.linspace(0, 1, n)[:8] * 3).tolist())
-    records = ui_preview.identity_records(faces, report, n)
-    assert len(records) == 8 and [r["faces"][0]["index"] for r in records] == list(range(8))
-    assert records[0]["width"] == 96 and records[0]["height"] == 64 and records[0]["faces"][0]["box"] == [10, 10, 50, 50]
     with pytest.raises(ValueError, match="3 restored crops for 12 faces"):
         face_identity.measure_faces(MeanColour(), faces, restored[:3], crops)
+
+    monkeypatch.setattr(ui_preview, "host_identity_model", lambda folders, notify: MeanColour())
+    monkeypatch.setattr(ui_preview, "insightface_folders", lambda: [])
+    images = torch.zeros(n, 64, 96, 3)
+    with caplog.at_level(logging.INFO, logger="ComfyUI-LAFR"):
+        photos = ui_preview.face_identity(images, faces, crops, restored)
+        frames = ui_preview.face_identity(images, faces.with_track_ids(torch.zeros(n, dtype=torch.long)), crops, restored)
+    assert len(photos) == 8 and [r["faces"][0]["index"] for r in photos] == list(range(8))
+    assert photos[0]["width"] == 96 and photos[0]["height"] == 64 and photos[0]["faces"][0]["box"] == [10, 10, 50, 50]
+    assert len(frames) == 1 and frames[0]["faces"][0]["distance"] == 0
+    assert [r.getMessage().split(": ", 2)[-1] for r in caplog.records] == [
+        "0.00, 0.27, 0.55, 0.82, 1.09, 1.36, 1.64, 1.91 (faces of the first 8 images)", "0.00 (the first frame's faces)"]
