@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -29,22 +30,66 @@ class Command(NamedTuple):
 
 
 def add_info_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="LAFR .safetensors files to check")
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE",
+                        help="LAFR .safetensors files (LAFR, converted OSEDiff or converted InterLCM) to check")
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Check each file with the loader itself (the only judge of validity) and describe it."""
+    """Check each file with its engine's loader (the only judge of validity) and describe it: a
+    file whose header says lafr.engine "interlcm" is InterLCM's, every other one LAFR's."""
+    from .model_paths import file_engine
+
     all_valid = True
     for path in args.files:
+        interlcm = file_engine(path) == "interlcm"
         try:
-            weights = load_lafr(path)
-        except LafrFileError as exc:
+            rows = describe_interlcm(path) if interlcm else describe_lafr(load_lafr(path))
+        except LafrFileError as exc:  # InterLCMFileError is one
             all_valid = False
             print(f"{path}: INVALID\n  {exc}")
             continue
-        print(f"{path}: valid LAFR file")
-        print("\n".join(f"  {label + ':':<15} {value}" for label, value in describe_lafr(weights)))
+        print(f"{path}: valid {'InterLCM' if interlcm else 'LAFR'} file")
+        print("\n".join(f"  {label + ':':<15} {value}" for label, value in rows))
     return 0 if all_valid else 1
+
+
+def describe_interlcm(path: Path) -> list[tuple[str, str]]:
+    """(label, value) rows for a converted InterLCM file, from its checked header (the loader's
+    checks; no tensor is read, so a 1.5 GB file is described at once)."""
+    from .interlcm.lcm import interlcm_timesteps
+    from .interlcm.weights import SPATIAL_PREFIX, VISUAL_PREFIX, read_interlcm_metadata
+    from .lafr_file import _read_header
+    from .model_paths import CLIP_B16_HUB_ID, LCM_HUB_ID
+
+    meta = read_interlcm_metadata(path)
+    specs, _, _ = _read_header(Path(path))
+    steps = int(meta["lafr.steps"])
+
+    def tensors(prefix: str) -> str:
+        shapes = [s.shape for k, s in specs.items() if k.startswith(prefix)]
+        params = sum(math.prod(shape) for shape in shapes)
+        return f"{_count(len(shapes), 'tensor')}, {params:,} parameters"
+
+    rows = [
+        ("engine", "InterLCM (ICLR 2025, github.com/sen-mao/InterLCM), converted from its published checkpoint"),
+        ("steps", f"{steps} (LCM timesteps {' -> '.join(map(str, interlcm_timesteps(steps)))}: the schedule the weights are trained for)"),
+        ("base", f"LCM Dreamshaper v7 ({meta.get('lafr.base')}): its UNet and VAE, latent scale {float(meta.get('lafr.latent_scale', 0.18215)):g}"),
+        ("clip vision", f"CLIP ViT-B/16 ({meta.get('lafr.clip_vision')}): its image tower -> the visual encoder's prompt tokens"),
+        ("guidance", f"scale {float(meta.get('lafr.guidance_scale', 8)):g} (LCM's guidance embedding, no classifier-free pass)"),
+        ("colour fix", meta.get("lafr.colour_fix", "wavelet")),
+        ("visual encoder", tensors(VISUAL_PREFIX)),
+        ("ControlNet", "the spatial encoder, of SD1.5's UNet: " + tensors(SPATIAL_PREFIX)),
+        ("weights", meta.get("lafr.weights", "(not recorded)")),
+        ("source", meta.get("lafr.source", "(not recorded)")),
+        ("licence", meta.get("lafr.licence", "(not recorded)")),
+        ("needs", f"LCM Dreamshaper v7 (diffusers folder with unet/ and vae/, or {LCM_HUB_ID}) and CLIP ViT-B/16 "
+                  f"(transformers folder, or {CLIP_B16_HUB_ID}): `lafr restore --lafr FILE --lcm ... --clip-vision ...`, "
+                  "or found in models/diffusers, models/clip_vision or the hub cache"),
+    ]
+    others = sorted(k for k in meta if not k.startswith("lafr."))
+    if others:
+        rows.append(("other metadata", ", ".join(others)))
+    return rows
 
 
 def describe_lafr(weights: LafrWeights) -> list[tuple[str, str]]:
@@ -256,9 +301,10 @@ def _convert_prompt_embeds(args: argparse.Namespace, prompt: str):
 # --------------------------------------------------------------------------- registry and entry
 
 COMMANDS: dict[str, Command] = {
-    "info": Command("check LAFR files and describe what they hold", add_info_arguments, run_info),
+    "info": Command("check LAFR and converted InterLCM files and describe what they hold", add_info_arguments, run_info),
     "doctor": Command("report devices, versions and the models this machine has", add_doctor_arguments, run_doctor),
-    "restore": Command("restore the faces in photos and videos: detect, align, LAFR, paste back", add_restore_arguments, run_restore),
+    "restore": Command("restore the faces in photos and videos: detect, align, LAFR or InterLCM, paste back",
+                       add_restore_arguments, run_restore),
     "convert": Command("convert OSEDiff's osediff_face.pkl / osediff.pkl, or InterLCM's .pth pair, into a .safetensors file",
                        add_convert_arguments, run_convert),
     "eval": Command(EVAL_HELP, add_eval_arguments, run_eval),

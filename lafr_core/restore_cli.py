@@ -1,5 +1,10 @@
-"""`python -m lafr_core restore INPUT... -o OUT`: detect -> align -> LAFR -> paste back, per photo
+"""`python -m lafr_core restore INPUT... -o OUT`: detect -> align -> restore -> paste back, per photo
 or per video frame (lafr_core.video: faces tracked and smoothed over time by default).
+
+Two engines restore the aligned crops: LAFR's (LAFR and converted OSEDiff files, on SD2.1-base)
+and InterLCM's (a converted InterLCM file, on LCM Dreamshaper v7 + CLIP ViT-B/16). The weights
+file says which (`lafr.engine`); `--engine` only confirms it or picks the file from the model
+folders. `find_weights` is the lookup both engines (and `lafr eval`) share.
 
 Every photo goes through lafr_core.host_chain.restore_faces, the chain the ComfyUI node and the
 A1111/Forge restorer run; the CLI's "host" is the standalone pipeline (LafrPipeline.host_model).
@@ -26,17 +31,22 @@ from typing import Callable, Sequence
 
 import torch
 
-from .face import COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, MASKS, FaceError, parse_select
+from .face import (COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FILE_COLOUR_FIX, MASKS, FaceError,
+                   colour_for, parse_select)
 from .host_chain import CropEngine, FaceOptions, HostModel, find_and_align, lafr_engine, restore_faces
 from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
-from .lafr_file import LafrWeights
+from .lafr_file import ENGINES as FILE_ENGINES, LafrWeights
 from .scale_out import ProcessSlot
 from .video.io import VIDEO_SUFFIXES, VideoError, is_video
 from .video.restore import FrameCounts, VideoOptions
-from .model_paths import SD21_HUB_ID, base_model_candidates, lafr_file_candidates, search_folders
+from .model_paths import (CLIP_B16_HUB_ID, LCM_HUB_ID, SD21_HUB_ID, base_model_candidates, clip_vision_candidates, file_engine,
+                          lafr_file_candidates, lcm_candidates, local_source, looks_like_hub_id, search_folders)
 
 EXIT_MISSING_WEIGHTS = 2  # distinct from 1 (some image failed) so scripts can tell them apart
 PREVIEW_SUFFIX = ".preview.png"
+ENGINES = ("lafr", "interlcm")  # --engine: LAFR's runs LAFR and converted OSEDiff files, InterLCM's its converted files
+FILE_COLOUR = "file"  # --colour-correction's spelling of FILE_COLOUR_FIX (the weights file's own)
+INTERLCM_CONVERT = "`lafr convert visual_encoder_1step.pth spatial_encoder_1step.pth -o ~/ComfyUI/models/lafr/`"
 
 
 @dataclass(frozen=True)
@@ -58,11 +68,19 @@ class Restorer:
     another engine's); the face pipeline around it is the same for every engine."""
 
     engine: CropEngine
+    colour_fix: str = "none"  # the weights file's own colour fix: what --colour-correction file runs
 
     @classmethod
     def lafr(cls, weights: LafrWeights, host: HostModel) -> "Restorer":
         """A LAFR (or converted OSEDiff) file on a host lending its VAE and UNet."""
-        return cls(lafr_engine(weights, host))
+        return cls(lafr_engine(weights, host), weights.colour_fix)
+
+    @classmethod
+    def interlcm(cls, pipe, batch_size: int | None = None, colour_fix: str = "wavelet") -> "Restorer":
+        """An InterLCMPipeline (lafr_core.interlcm.engine) with its file's colour fix."""
+        from .interlcm.engine import interlcm_engine
+
+        return cls(interlcm_engine(pipe, batch_size), colour_fix)
 
 
 @dataclass
@@ -134,9 +152,16 @@ def output_paths(sources: Sequence[Path], out: Path) -> list[Path]:
 
 @dataclass(frozen=True)
 class WeightsLookup:
+    """What find_weights found for one engine. `lafr` is the weights file (a LAFR-format file, or a
+    converted InterLCM file when engine is "interlcm"); `base` is SD2.1-base (LAFR's engine),
+    `lcm` and `clip_vision` InterLCM's base models."""
+
     base: str | None
     lafr: Path | None
-    missing: str | None  # the message when either is missing
+    missing: str | None  # the message when any is missing
+    engine: str = "lafr"
+    lcm: str | None = None
+    clip_vision: str | None = None
 
 
 def _usable_base(candidate: Path | str) -> bool:
@@ -146,42 +171,133 @@ def _usable_base(candidate: Path | str) -> bool:
     return not status.startswith(("not usable", "unreadable"))
 
 
-def find_weights(base: str | None, lafr: str | None) -> WeightsLookup:
-    """SD2.1-base and LAFR weights from the flags, else env vars and the model folders."""
-    folders = search_folders()
-    found_base: str | None = None
+def engine_of(path: Path) -> str | None:
+    """The --engine that runs a weights file: "interlcm" for a converted InterLCM file, "lafr" for
+    any LAFR-format file (LAFR, OSEDiff), None when its header cannot be read (the loader says why)."""
+    engine = file_engine(path)
+    return None if engine is None else "interlcm" if engine == "interlcm" else "lafr"
+
+
+def _find_weights_file(lafr: str | None, wanted: str | None, folders) -> tuple[Path | None, list[str]]:
+    """(the file, the places looked). From the model folders: the first file of the `wanted`
+    engine; with none wanted, the first LAFR-format file, else the first InterLCM one."""
+    if lafr:
+        return (Path(lafr) if Path(lafr).is_file() else None), [f"--lafr {lafr}"]
+    places = [f"LAFR_MODEL ({os.environ.get('LAFR_MODEL') or 'not set'})"] + [str(p) for p in folders.lafr]
+    candidates = lafr_file_candidates()
+    engines = [engine_of(c) or "lafr" for c in candidates]  # unreadable: the LAFR loader names the problem
+    for engine in [wanted] if wanted else list(ENGINES):
+        for candidate, its in zip(candidates, engines):
+            if its == engine:
+                return candidate, places
+    return None, places
+
+
+def _describe_file_engine(path: Path) -> str:
+    engine = file_engine(path)
+    label = "a converted InterLCM file" if engine == "interlcm" else f"a {FILE_ENGINES.get(engine, engine)} file"
+    return f"'{path}' is {label} (lafr.engine {engine!r})"
+
+
+def choose_engine(requested: str | None, file: Path | None, lcm: str | None = None, clip_vision: str | None = None,
+                  base: str | None = None) -> str:
+    """The engine for these flags: the file's own; `requested` (--engine) must agree with it.
+    Without a readable file: --engine, else what the model flags point at (--lcm / --clip-vision:
+    InterLCM), else LAFR. A flag of the other engine is refused in one line."""
+    found = engine_of(file) if file is not None else None
+    if requested and found and requested != found:
+        fix = ("give a converted InterLCM file (" + INTERLCM_CONVERT + ") or leave --engine out"
+               if requested == "interlcm" else "leave --engine out (the file selects InterLCM) or give a LAFR file")
+        raise ValueError(f"--engine {requested}: {_describe_file_engine(file)}; {fix}")
+    engine = requested or found or ("interlcm" if lcm or clip_vision else "lafr")
+    if engine == "interlcm" and base:
+        raise ValueError("--base is SD2.1-base, LAFR's base model; InterLCM runs on LCM Dreamshaper v7: give --lcm (and --clip-vision) instead")
+    if engine == "lafr" and (lcm or clip_vision):
+        flag = "--lcm" if lcm else "--clip-vision"
+        what = _describe_file_engine(file) + ", which runs" if file is not None and found else "LAFR runs"
+        raise ValueError(f"{flag} is InterLCM's; {what} on SD2.1-base (--base). For InterLCM give a converted InterLCM file (--lafr) or --engine interlcm")
+    return engine
+
+
+def _find_base(base: str | None, folders) -> tuple[str | None, list[str]]:
     base_places = []
     if base:
         base_places.append(f"--base {base}")
-        exists = Path(base).exists() or ("/" in base and not Path(base).is_absolute() and not base.startswith("."))
-        found_base = base if exists else None
-    else:
-        base_places.append(f"LAFR_BASE_MODEL ({os.environ.get('LAFR_BASE_MODEL') or 'not set'})")
-        base_places += [str(p) for p in folders.base]
-        base_places.append(f"hub cache {folders.hub_cache} ({SD21_HUB_ID})")
-        usable = [c for c in base_model_candidates() if _usable_base(c)]
-        found_base = str(usable[0]) if usable else None
-    found_lafr: Path | None = None
-    lafr_places = []
-    if lafr:
-        lafr_places.append(f"--lafr {lafr}")
-        found_lafr = Path(lafr) if Path(lafr).is_file() else None
-    else:
-        lafr_places.append(f"LAFR_MODEL ({os.environ.get('LAFR_MODEL') or 'not set'})")
-        lafr_places += [str(p) for p in folders.lafr]
-        candidates = lafr_file_candidates()
-        found_lafr = candidates[0] if candidates else None
+        exists = Path(base).exists() or looks_like_hub_id(base)
+        return (base if exists else None), base_places
+    base_places.append(f"LAFR_BASE_MODEL ({os.environ.get('LAFR_BASE_MODEL') or 'not set'})")
+    base_places += [str(p) for p in folders.base]
+    base_places.append(f"hub cache {folders.hub_cache} ({SD21_HUB_ID})")
+    usable = [c for c in base_model_candidates() if _usable_base(c)]
+    return (str(usable[0]) if usable else None), base_places
+
+
+def _find_model(flag: str, value: str | None, env: str, roots, hub_cache: Path, hub_id: str, marker: str,
+                candidates, what: str) -> tuple[str | None, list[str]]:
+    """An InterLCM base model: the flag's folder or hub id (a cached hub id from its snapshot),
+    else the env var, the model folders and the hub cache (`candidates`, checked by config)."""
+    if value:
+        return local_source(value, marker), [f"{flag} {value}"]
+    places = [f"{env} ({os.environ.get(env) or 'not set'})"]
+    places += [f"{root} (and its subfolders: {what})" for root in roots]
+    places.append(f"hub cache {hub_cache} ({hub_id})")
+    found = candidates()
+    return (str(found[0]) if found else None), places
+
+
+def _missing(what: str, places: list[str], fix: str) -> str:
+    return f"{what}: none found. Looked in:\n    " + "\n    ".join(places) + f"\n  {fix}"
+
+
+def find_weights(base: str | None, lafr: str | None, engine: str | None = None, lcm: str | None = None,
+                 clip_vision: str | None = None) -> WeightsLookup:
+    """The weights file and its engine's base models from the flags, else env vars and the model
+    folders. Raises ValueError (one line) when the flags and the file disagree on the engine."""
+    folders = search_folders()
+    wanted = engine or ("interlcm" if lcm or clip_vision else "lafr" if base else None)
+    found_file, file_places = _find_weights_file(lafr, wanted, folders)
+    chosen = choose_engine(engine, found_file, lcm, clip_vision, base)
     problems = []
-    if found_base is None:
-        problems.append("SD2.1-base weights: none found. Looked in:\n    " + "\n    ".join(base_places)
-                        + "\n  Put v2-1_512-ema-pruned.safetensors in one of those folders or pass --base.")
-    if found_lafr is None:
-        problems.append("LAFR weights: none found. Looked in:\n    " + "\n    ".join(lafr_places)
-                        + "\n  Train them with `python -m train` (none are published) and pass --lafr.")
+    found_base = found_lcm = found_clip = None
+    if chosen == "lafr":
+        found_base, base_places = _find_base(base, folders)
+        if found_base is None:
+            problems.append(_missing("SD2.1-base weights", base_places,
+                                     "Put v2-1_512-ema-pruned.safetensors in one of those folders or pass --base."))
+        if found_file is None:
+            problems.append(_missing("LAFR weights", file_places, "Train them with `python -m train` (none are published) and pass --lafr."))
+    else:
+        if found_file is None:
+            problems.append(_missing("InterLCM weights", file_places,
+                                     f"Convert InterLCM's release files (github.com/sen-mao/InterLCM, CC BY-NC 4.0): {INTERLCM_CONVERT}, or pass --lafr."))
+        found_lcm, lcm_places = _find_model("--lcm", lcm, "LAFR_LCM_MODEL", folders.lcm, folders.hub_cache, LCM_HUB_ID,
+                                            "unet/config.json", lcm_candidates, "a diffusers folder with unet/ and vae/")
+        if found_lcm is None:
+            problems.append(_missing("LCM Dreamshaper v7 (InterLCM's UNet and VAE)", lcm_places,
+                                     f"Download it: `hf download {LCM_HUB_ID} --include 'unet/*' 'vae/*'` (then found in the hub cache, "
+                                     "offline too), or pass --lcm FOLDER."))
+        found_clip, clip_places = _find_model("--clip-vision", clip_vision, "LAFR_CLIP_VISION", folders.clip_vision, folders.hub_cache,
+                                              CLIP_B16_HUB_ID, "config.json", clip_vision_candidates, "a transformers CLIP ViT-B/16 folder")
+        if found_clip is None:
+            problems.append(_missing("CLIP ViT-B/16 (InterLCM's image encoder)", clip_places,
+                                     f"Download it: `hf download {CLIP_B16_HUB_ID} config.json model.safetensors`, or pass --clip-vision FOLDER."))
     missing = None
     if problems:
         missing = "missing weights: faces were detected and aligned (see the previews) but not restored.\n  " + "\n  ".join(problems)
-    return WeightsLookup(found_base, found_lafr, missing)
+    return WeightsLookup(found_base, found_file, missing, chosen, found_lcm, found_clip)
+
+
+def lookup_for(args: argparse.Namespace) -> WeightsLookup:
+    """find_weights for a parsed command line (restore's or eval's: add_engine_arguments)."""
+    return find_weights(args.base, args.lafr, engine=args.engine, lcm=args.lcm, clip_vision=args.clip_vision)
+
+
+def require_engine_flags(lookup: WeightsLookup, seed: int | None = None, prompt: str | None = None, seed_flag: str = "--seed") -> None:
+    """Flags that only one engine has: --seed is InterLCM's noise, --prompt LAFR's text."""
+    if lookup.engine == "lafr" and seed is not None:
+        raise ValueError(f"{seed_flag} seeds InterLCM's noise; LAFR restores deterministically (a file's own draw is lafr.latent_seed)")
+    if lookup.engine == "interlcm" and prompt is not None:
+        raise ValueError("--prompt is LAFR's: InterLCM takes no text, its prompt tokens are made from the face by CLIP")
 
 
 def pipeline_restorer(base: str, lafr: Path, device: str | None, prompt: str | None = None) -> Restorer:
@@ -198,6 +314,15 @@ def pipeline_restorer(base: str, lafr: Path, device: str | None, prompt: str | N
     except TextEncoderUnavailable as exc:
         raise ValueError(f"--prompt needs SD2.1's text encoder: {exc}" if prompt is not None else str(exc)) from None
     return Restorer.lafr(weights, pipe.host_model())
+
+
+def interlcm_restorer(lookup: WeightsLookup, device: str | None, batch_size: int | None = None, seed: int | None = None) -> Restorer:
+    """InterLCMPipeline on the found LCM Dreamshaper v7, CLIP ViT-B/16 and converted file, its
+    noise seeded with `seed` (default 0); the file's own steps (its weights' schedule)."""
+    from .interlcm.engine import file_colour_fix, load_interlcm_pipeline
+
+    pipe = load_interlcm_pipeline(lookup.lcm, lookup.clip_vision, lookup.lafr, seed=seed or 0, device=device)
+    return Restorer.interlcm(pipe, batch_size, file_colour_fix(lookup.lafr))
 
 
 # --------------------------------------------------------------------------- one image
@@ -350,8 +475,10 @@ def select_argument(text: str) -> str | tuple[int, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (png, jpg, webp), videos (mp4, mov, mkv, webm, avi) or folders of them")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder (or a file name for one input)")
-    parser.add_argument("--base", help="SD2.1-base checkpoint, diffusers folder or hub id (default: LAFR_BASE_MODEL, model folders)")
-    parser.add_argument("--lafr", help="LAFR .safetensors file (default: LAFR_MODEL, model folders)")
+    parser.add_argument("--lafr", help="the weights: a LAFR .safetensors file, a converted OSEDiff file or a converted InterLCM file "
+                                       "(default: LAFR_MODEL, then the model folders: the first LAFR-format file, else the first InterLCM one)")
+    parser.add_argument("--base", help="LAFR / OSEDiff: SD2.1-base checkpoint, diffusers folder or hub id (default: LAFR_BASE_MODEL, model folders)")
+    add_engine_arguments(parser, seed_flags=("--seed",))
     parser.add_argument("--detector", choices=DETECTORS, default="auto", help="face detector (auto: RetinaFace if its weights are here, else bundled MTCNN)")
     parser.add_argument("--detector-weights", help="folder (or file) of facexlib weights: RetinaFace, and ParseNet for --mask parsenet (default: the usual model folders)")
     parser.add_argument("--threshold", type=float, help="minimum detection confidence (default: the detector's)")
@@ -359,13 +486,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--select", type=select_argument, default="all",
                         help="all, largest, or face indices like 0,2: per photo 0 = largest; in a temporal video, track ids (0 = the first face to appear)")
     parser.add_argument("--strength", type=float, default=1.0, help="blend of the restored face, 0..1")
-    parser.add_argument("--colour-correction", "--color-correction", dest="colour_correction", choices=COLOUR_CORRECTIONS, default="none",
-                        help="match the restored face's colours to the input face")
+    parser.add_argument("--colour-correction", "--color-correction", dest="colour_correction", choices=(FILE_COLOUR, *COLOUR_CORRECTIONS),
+                        default=FILE_COLOUR,
+                        help="match the restored face's colours to the input face (file: the weights file's own: none for LAFR, "
+                             "adain for OSEDiff, wavelet for InterLCM)")
     parser.add_argument("--feather", type=float, default=DEFAULT_FEATHER, help="soft edge of the face mask, fraction of the face radius")
     parser.add_argument("--mask", choices=MASKS, default="landmarks",
                         help="paste mask: landmarks (feathered ellipse, no weights) or parsenet (needs parsing_parsenet.pth locally)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1, mps (default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=8, help="faces per UNet forward")
+    parser.add_argument("--batch-size", type=int, default=8, help="faces per network forward")
     parser.add_argument("--save-crops", action="store_true", help="also write the aligned (and restored) 512px crops")
     parser.add_argument("--save-preview", action="store_true", help="also write NAME.preview.png: detections, crops, result")
     parser.add_argument("--prompt", help="restore with this text instead of the file's prompt (encoded by the base's SD2.1 text encoder: "
@@ -379,11 +508,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     video.add_argument("--window", type=int, default=VideoOptions.window, help="frames detected and restored together (memory grows with it, not with the clip)")
 
 
-def restore_options(args: argparse.Namespace, device: str) -> RestoreOptions:
-    """The parsed flags as RestoreOptions."""
+def add_engine_arguments(parser: argparse.ArgumentParser, seed_flags: tuple[str, ...]) -> None:
+    """--engine, --lcm, --clip-vision and InterLCM's noise seed (`seed_flags`: eval's --seed is
+    its degradation seed), shared by `restore` and `eval` (read back by lookup_for)."""
+    interlcm = parser.add_argument_group("engine (InterLCM)")
+    interlcm.add_argument("--engine", choices=ENGINES, default=None,
+                          help="which engine restores (default: the weights file's lafr.engine: a converted InterLCM file selects "
+                               "interlcm by itself, LAFR and OSEDiff files lafr); given, it must match the file. The file's own "
+                               "step count is used (its weights are trained for one schedule)")
+    interlcm.add_argument("--lcm", metavar="FOLDER_OR_ID", help=f"InterLCM: LCM Dreamshaper v7 as a diffusers folder (unet/, vae/) or hub id {LCM_HUB_ID} "
+                                        "(default: LAFR_LCM_MODEL, ComfyUI models/diffusers, A1111/Forge models/diffusers, the hub cache)")
+    interlcm.add_argument("--clip-vision", metavar="FOLDER_OR_ID", help=f"InterLCM: CLIP ViT-B/16 as a transformers folder or hub id {CLIP_B16_HUB_ID} "
+                                                "(default: LAFR_CLIP_VISION, ComfyUI models/clip_vision, A1111/Forge models/clip_vision, the hub cache)")
+    interlcm.add_argument(*seed_flags, dest="noise_seed", type=int, default=None, metavar="N", help="InterLCM: the seed of its noise (default 0)")
+
+
+def restore_options(args: argparse.Namespace, device: str, file_colour_fix: str = "none") -> RestoreOptions:
+    """The parsed flags as RestoreOptions; --colour-correction file becomes `file_colour_fix`."""
+    choice = FILE_COLOUR_FIX if args.colour_correction == FILE_COLOUR else args.colour_correction
     face = FaceOptions(
         detector=args.detector, threshold=args.threshold, min_size=args.min_size, select=args.select, strength=args.strength,
-        colour_correction=args.colour_correction, feather=args.feather, detector_weights=args.detector_weights,
+        colour_correction=colour_for(choice, file_colour_fix), feather=args.feather, detector_weights=args.detector_weights,
         # a --detector-weights folder is searched for ParseNet too (a file is RetinaFace's only)
         mask=args.mask, mask_weights=args.detector_weights if args.detector_weights and Path(args.detector_weights).is_dir() else None,
     )
@@ -404,9 +549,12 @@ def process_device(requested: str | None, slot: ProcessSlot) -> str:
 def build_restorer(args: argparse.Namespace, device: str) -> tuple[Restorer | None, WeightsLookup]:
     """What restores for these flags (None when weights are missing: the lookup says which).
     The one place a new way to restore (another engine, another host) is chosen."""
-    lookup = find_weights(args.base, args.lafr)
+    lookup = lookup_for(args)
+    require_engine_flags(lookup, seed=args.noise_seed, prompt=args.prompt)
     if lookup.missing is not None:
         return None, lookup
+    if lookup.engine == "interlcm":
+        return interlcm_restorer(lookup, device, args.batch_size, args.noise_seed), lookup
     return pipeline_restorer(lookup.base, lookup.lafr, device, prompt=args.prompt), lookup
 
 
@@ -416,9 +564,9 @@ def main(args: argparse.Namespace, restorer: Restorer | None = None) -> int:
     try:
         slot = ProcessSlot.from_env()
         device = process_device(args.device, slot)
-        options = restore_options(args, device)
         if restorer is None:
             restorer, lookup = build_restorer(args, device)
+        options = restore_options(args, device, restorer.colour_fix if restorer is not None else "none")
         reports = run_restore(args.inputs, args.output, options, restorer, slot=slot)
     except (FaceError, FileNotFoundError, ValueError) as exc:  # bad weights, detector, inputs: one clear line
         print(f"error: {exc}")

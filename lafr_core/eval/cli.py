@@ -4,9 +4,13 @@
     lafr eval --hq my_faces/ --preset celeba-test --seed 0 --lafr osediff_face.safetensors
     lafr eval --hq HQ/ --lq LQ/ --restored other_tool_output/      # score another tool's results
     lafr eval --hq HQ/ --preset x4 --restorer none                 # the LQ faces' own numbers
+    lafr eval --hq HQ/ --lafr interlcm_1step.safetensors --lcm LCM_Dreamshaper_v7/ --clip-vision clip-vit-base-patch16/
 
 Writes eval.csv (per face), summary.md (the printed table) and contact_sheet.png to --output.
 Exit codes: 0 done, 1 the inputs do not fit together, 2 weights or an identity model missing.
+The restorer is found as `lafr restore` finds it (restore_cli.find_weights): any engine and file
+the pack runs, with the same flags (--engine, --lcm, --clip-vision; InterLCM's noise seed is
+--noise-seed here, --seed being the degradation's).
 """
 
 from __future__ import annotations
@@ -27,15 +31,20 @@ EVAL_HELP = "measure a restorer on HQ faces or LQ/HQ pairs: PSNR, SSIM, LPIPS, l
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..restore_cli import add_engine_arguments  # the CLI's other commands start without it
+
     parser.add_argument("--hq", required=True, type=Path, help="folder of HQ faces (square = aligned; other photos are detected and aligned)")
     parser.add_argument("--lq", type=Path, help="folder of LQ faces with the HQ file names (LQ/HQ pairs); without it the HQ faces are degraded")
     parser.add_argument("--preset", help=f"degradation preset for the LQ faces (lafr_core.degrade.PRESETS; default {DEFAULT_PRESET} without --lq)")
     parser.add_argument("--seed", type=int, default=0, help="degradation seed (each face's seed is (seed, crc32 of its name))")
     parser.add_argument("--restored", type=Path, help="score faces another tool already restored (same file names) instead of restoring")
     parser.add_argument("--restorer", choices=("auto", "none"), default="auto",
-                        help="auto: the LAFR / OSEDiff file (--lafr) on SD2.1-base (--base); none: score the LQ faces as they are")
-    parser.add_argument("--lafr", help="LAFR-format file of any engine the pack runs (LAFR, converted OSEDiff)")
+                        help="auto: the weights file (--lafr) on its engine: LAFR / OSEDiff on SD2.1-base (--base), InterLCM on "
+                             "LCM Dreamshaper v7 + CLIP ViT-B/16 (--lcm, --clip-vision); none: score the LQ faces as they are")
+    parser.add_argument("--lafr", help="weights file of any engine the pack runs (LAFR, converted OSEDiff, converted InterLCM); "
+                                       "default: as `lafr restore` finds it")
     parser.add_argument("--base", help="SD2.1-base: single-file checkpoint, diffusers folder or hub id")
+    add_engine_arguments(parser, seed_flags=("--noise-seed",))
     parser.add_argument("--identity", choices=IDENTITY_BACKENDS, default="auto",
                         help="auto: ArcFace if an .onnx recognizer is found, else dlib (pip install 'comfyui-lafr[identity]')")
     parser.add_argument("--arcface", help="ArcFace .onnx file or folder (default: $LAFR_ARCFACE, ComfyUI/models/insightface, ~/.insightface/models)")
@@ -65,30 +74,39 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
 def pipeline_restorer(base: str, lafr: Path, device: str | None, batch_size: int) -> Restorer:
     """LafrPipeline on aligned crops, with the file's own colour fix (OSEDiff's adain) applied
     against the LQ crop as its engine does; imported only here (diffusers)."""
-    from ..face import correct_colour
     from ..lafr_file import load_lafr
     from ..pipeline import LafrPipeline
 
     weights = load_lafr(lafr)
     pipe = LafrPipeline.from_pretrained(base, weights, device=device)
+    return with_colour_fix(lambda crops: pipe.restore(crops, batch_size=batch_size), weights.colour_fix)
 
-    def restore(crops: torch.Tensor) -> torch.Tensor:
-        restored = pipe.restore(crops, batch_size=batch_size)
-        return correct_colour(restored, crops, weights.colour_fix) if weights.colour_fix != "none" else restored
 
-    return restore
+def with_colour_fix(restore: Restorer, colour_fix: str) -> Restorer:
+    """`restore` followed by the file's own colour fix against the LQ crop (what its engine runs
+    in a host at the default colour correction)."""
+    from ..face import correct_colour
+
+    if colour_fix == "none":
+        return restore
+    return lambda crops: correct_colour(restore(crops), crops, colour_fix)
 
 
 def _restorer(args: argparse.Namespace) -> tuple[Restorer | None, str | None]:
-    """(restorer, None) or (None, the missing-weights message)."""
+    """(restorer, None) or (None, the missing-weights message); ValueError (one line) for flags
+    and files that do not fit together."""
     if args.restored is not None or args.restorer == "none":
         return None, None
-    from ..restore_cli import find_weights
+    from ..restore_cli import interlcm_restorer, lookup_for, require_engine_flags
 
-    found = find_weights(args.base, args.lafr)
+    found = lookup_for(args)
+    require_engine_flags(found, seed=args.noise_seed, seed_flag="--noise-seed")
     if found.missing:
         problems = found.missing.split("\n", 1)[1] if "\n" in found.missing else found.missing
         return None, f"lafr eval: missing weights.\n{problems}\n  (--restorer none scores the LQ faces alone; --restored DIR scores another tool's outputs)"
+    if found.engine == "interlcm":
+        chosen = interlcm_restorer(found, args.device, args.batch_size, args.noise_seed)
+        return with_colour_fix(chosen.engine.restore, chosen.colour_fix), None
     return pipeline_restorer(found.base, found.lafr, args.device, args.batch_size), None
 
 
@@ -120,7 +138,11 @@ def run_eval(args: argparse.Namespace) -> int:
         features, note = load_fid_features(device)
         fid = FidAccumulator(features) if features is not None else None
         notes += [note] if note else []
-    restore, missing = _restorer(args)
+    try:
+        restore, missing = _restorer(args)
+    except ValueError as exc:  # a file or flags that do not fit (LafrFileError and InterLCMFileError are ValueErrors)
+        print(f"lafr eval: {exc}")
+        return 1
     if missing:
         print(missing)
         return 2
