@@ -44,11 +44,11 @@ def save_temp_images(images: torch.Tensor, prefix: str) -> list[dict]:
 
 def before_after(before: torch.Tensor, after: torch.Tensor, identity: list[dict] | None = None) -> dict:
     """UI output for the split view: pairs of the same images before and after restoration, and
-    (`identity`, from identity_records) each shown face's identity distance, one record per pair."""
-    ui = {"lafr_before": save_temp_images(before, "lafr_before"), "lafr_after": save_temp_images(after, "lafr_after")}
-    if identity:
-        ui["lafr_identity"] = identity
-    return ui
+    (`identity`, from identity_records) each shown face's identity distance, a record per pair
+    from the first. The key is always there, empty without distances: ComfyUI merges the ui of a
+    node run over a list by the FIRST run's keys (execution.py), so keys must not come and go."""
+    return {"lafr_before": save_temp_images(before, "lafr_before"), "lafr_after": save_temp_images(after, "lafr_after"),
+            "lafr_identity": identity or []}
 
 
 def insightface_folders() -> list[str]:
