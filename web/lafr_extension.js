@@ -93,11 +93,11 @@ function showSplit(node, output) {
   app.graph?.setDirtyCanvas(true, true);
 }
 
-/** A canvas over the split with each face's box and "ID 0.21" (red when not the same person by
- *  the model's threshold); returns its redraw function (image loaded, node resized). */
-function identityLayer(box, img, record) {
+/** A canvas filling the preview box; returns its redraw function, which sizes the canvas to the
+ *  box, clears it and, once `img` has loaded, calls paint(ctx, width, height). */
+function canvasLayer(box, img, paint, style = {}) {
   const canvas = document.createElement("canvas");
-  Object.assign(canvas.style, { position: "absolute", inset: "0", width: "100%", height: "100%", pointerEvents: "none" });
+  Object.assign(canvas.style, { position: "absolute", inset: "0", width: "100%", height: "100%", ...style });
   box.append(canvas);
   return () => {
     const width = box.clientWidth || MIN_HEIGHT;
@@ -106,9 +106,16 @@ function identityLayer(box, img, record) {
     canvas.height = height;
     const ctx = canvas.getContext("2d");
     ctx.clearRect(0, 0, width, height);
-    if (!img.complete || !img.naturalWidth) return;
-    drawIdentity(ctx, identityShapes(record, fitRect(img.naturalWidth, img.naturalHeight, width, height)), height);
+    if (img.complete && img.naturalWidth) paint(ctx, width, height);
   };
+}
+
+/** Over the split: each face's box and "ID 0.21" (red when not the same person by the model's
+ *  threshold), and the model's name; returns the redraw function (image loaded, node resized). */
+function identityLayer(box, img, record) {
+  return canvasLayer(box, img, (ctx, width, height) => {
+    drawIdentity(ctx, identityShapes(record, fitRect(img.naturalWidth, img.naturalHeight, width, height)), height);
+  }, { pointerEvents: "none" });
 }
 
 /** The input image with every detected face's box, score and five landmarks, and the count. */
@@ -117,22 +124,12 @@ function showOverlay(node, output) {
   if (!overlays.length || !previewsEnabled()) return;
   const overlay = overlays[0];
   const box = previewContainer(node);
-  const canvas = document.createElement("canvas");
-  Object.assign(canvas.style, { position: "absolute", inset: "0", width: "100%", height: "100%" });
-  box.append(canvas);
   const img = new Image();
-  const draw = () => {
-    const width = box.clientWidth || MIN_HEIGHT;
-    const height = box.clientHeight || MIN_HEIGHT;
-    canvas.width = width;
-    canvas.height = height;
-    const ctx = canvas.getContext("2d");
-    ctx.clearRect(0, 0, width, height);
-    if (!img.complete || !img.naturalWidth) return;
+  const draw = canvasLayer(box, img, (ctx, width, height) => {
     const rect = fitRect(overlay.width, overlay.height, width, height);
     ctx.drawImage(img, rect.x, rect.y, rect.w, rect.h);
     drawOverlay(ctx, overlayShapes(overlay, rect));
-  };
+  });
   img.onload = draw;
   img.src = imageUrl(overlay.image);
   new ResizeObserver(draw).observe(box);
