@@ -224,3 +224,16 @@ def test_only_the_previewed_images_faces_are_measured(pack, monkeypatch, caplog)
     assert len(frames) == 1 and frames[0]["faces"][0]["distance"] == 0
     assert [r.getMessage().split(": ", 2)[-1] for r in caplog.records] == [
         "0.00, 0.27, 0.55, 0.82, 1.09, 1.36, 1.64, 1.91 (faces of the first 8 images)", "0.00 (the first frame's faces)"]
+
+
+def test_face_identity_imports_no_identity_backend():
+    """lafr_core.face_identity (imported by the nodes) imports neither dlib nor onnxruntime: they load on the first
+    measurement, and only when installed."""
+    from test_host_free_imports import run_blocked
+
+    out = run_blocked(
+        "import lafr_core.face_identity\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dlib', 'onnxruntime', 'onnx', 'face_recognition_models'}))"
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
