@@ -34,6 +34,7 @@ import torch
 from .face import (COLOUR_CORRECTIONS, DEFAULT_FEATHER, DEFAULT_MIN_SIZE, DETECTORS, FILE_COLOUR_FIX, MASKS, FaceError,
                    colour_for, parse_select)
 from .host_chain import CropEngine, FaceOptions, HostModel, find_and_align, lafr_engine, restore_faces
+from .interlcm.weights import DEFAULT_COLOUR_FIX as INTERLCM_COLOUR_FIX
 from .image_io import IMAGE_SUFFIXES, ImageReadError, LoadedImage, output_format, read_image, write_image
 from .lafr_file import ENGINES as FILE_ENGINES, LafrWeights
 from .scale_out import ProcessSlot
@@ -76,7 +77,7 @@ class Restorer:
         return cls(lafr_engine(weights, host), weights.colour_fix)
 
     @classmethod
-    def interlcm(cls, pipe, batch_size: int | None = None, colour_fix: str = "wavelet") -> "Restorer":
+    def interlcm(cls, pipe, batch_size: int | None = None, colour_fix: str = INTERLCM_COLOUR_FIX) -> "Restorer":
         """An InterLCMPipeline (lafr_core.interlcm.engine) with its file's colour fix."""
         from .interlcm.engine import interlcm_engine
 
@@ -274,13 +275,14 @@ def find_weights(base: str | None, lafr: str | None, engine: str | None = None, 
                                             "unet/config.json", lcm_candidates, "a diffusers folder with unet/ and vae/")
         if found_lcm is None:
             problems.append(_missing("LCM Dreamshaper v7 (InterLCM's UNet and VAE)", lcm_places,
-                                     f"Download it: `hf download {LCM_HUB_ID} --include 'unet/*' 'vae/*'` (then found in the hub cache, "
-                                     "offline too), or pass --lcm FOLDER."))
+                                     f"Download its UNet and VAE (4 GB): `hf download {LCM_HUB_ID} --include 'unet/config.json' 'unet/*.safetensors' "
+                                     "'vae/config.json' 'vae/*.safetensors'` (then found in the hub cache, offline too), or pass --lcm FOLDER."))
         found_clip, clip_places = _find_model("--clip-vision", clip_vision, "LAFR_CLIP_VISION", folders.clip_vision, folders.hub_cache,
                                               CLIP_B16_HUB_ID, "config.json", clip_vision_candidates, "a transformers CLIP ViT-B/16 folder")
         if found_clip is None:
             problems.append(_missing("CLIP ViT-B/16 (InterLCM's image encoder)", clip_places,
-                                     f"Download it: `hf download {CLIP_B16_HUB_ID} config.json model.safetensors`, or pass --clip-vision FOLDER."))
+                                     f"Download it (600 MB): `hf download {CLIP_B16_HUB_ID} config.json pytorch_model.bin` (then found in the hub cache), "
+                                     "or pass --clip-vision FOLDER."))
     missing = None
     if problems:
         missing = "missing weights: faces were detected and aligned (see the previews) but not restored.\n  " + "\n  ".join(problems)

@@ -277,7 +277,7 @@ def test_engine_is_the_pipeline_raw_in_any_chunking(home, tiny):
     from lafr_core.interlcm.engine import interlcm_engine
 
     pipe = pipeline_mod.InterLCMPipeline.from_pretrained(tiny.lcm, tiny.clip, tiny.file, seed=2, device="cpu")
-    crops = torch.rand(3, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    crops = torch.rand(2, 64, 64, 3, generator=torch.Generator().manual_seed(0))
     engine = interlcm_engine(pipe, batch_size=2)
     assert engine.name == "InterLCM" and engine.device == torch.device("cpu")
     out = engine.restore(crops)
