@@ -289,6 +289,12 @@ def save_lafr(
     return path
 
 
+def read_header_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of any .safetensors the pack writes (LAFR, OSEDiff or InterLCM), with only the
+    container checks: cheap enough for hosts to sort a model folder by engine."""
+    return _read_header(Path(path))[1]
+
+
 def read_lafr_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The file's metadata after checking its header: cheap (reads the header only).
 

@@ -2,6 +2,7 @@
 
 from .comfy_host import register_lafr_folder
 from .face_nodes import LAFRFaceDetectAlign, LAFRFacePasteBack
+from .interlcm_nodes import InterLCMLoader, InterLCMRestoreFaces
 from .latent_nodes import LAFRVAE, LAFRLatentAlign, LAFRPrunedUNetStep
 from .loader import LAFRLoader
 from .restore_node import LAFRRestoreFaces
@@ -14,6 +15,8 @@ NODE_CLASS_MAPPINGS = {
     "LAFRFacePasteBack": LAFRFacePasteBack,
     "LAFRRestoreFaces": LAFRRestoreFaces,
     "LAFRVAE": LAFRVAE,
+    "InterLCMLoader": InterLCMLoader,
+    "InterLCMRestoreFaces": InterLCMRestoreFaces,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -24,6 +27,8 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "LAFRFacePasteBack": "Face Paste Back",
     "LAFRRestoreFaces": "LAFR Restore Faces",
     "LAFRVAE": "LAFR VAE",
+    "InterLCMLoader": "InterLCM Loader",
+    "InterLCMRestoreFaces": "InterLCM Restore Faces",
 }
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "register_lafr_folder"]

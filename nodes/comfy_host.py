@@ -34,10 +34,38 @@ def register_lafr_folder() -> None:
     folder_paths.folder_names_and_paths[LAFR_FOLDER] = (paths, set(LAFR_EXTENSIONS))
 
 
-def lafr_filenames() -> list[str]:
+def lafr_filenames(engine: str | None = None) -> list[str]:
+    """The .safetensors in models/lafr; with `engine` ("lafr" or "interlcm") only that engine's
+    files (a header read each, cached per file version), so LAFR Loader does not offer InterLCM
+    files and the reverse. A file whose header cannot be read stays in every list: its loader
+    then says what is wrong with it."""
     import folder_paths
 
-    return folder_paths.get_filename_list(LAFR_FOLDER)
+    names = folder_paths.get_filename_list(LAFR_FOLDER)
+    if engine is None:
+        return names
+    return [name for name in names if file_engine(name) in (engine, None)]
+
+
+_ENGINES: dict[tuple[str, float], str | None] = {}
+
+
+def file_engine(name: str) -> str | None:
+    """"interlcm" for a converted InterLCM file in models/lafr, "lafr" for LAFR and converted
+    OSEDiff files, None when the header cannot be read."""
+    import folder_paths
+
+    from ..lafr_core.lafr_file import read_header_metadata
+
+    try:
+        path = folder_paths.get_full_path(LAFR_FOLDER, name)
+        key = (path, os.path.getmtime(path))
+        if key not in _ENGINES:
+            engine = read_header_metadata(path).get("lafr.engine", "lafr")
+            _ENGINES[key] = "interlcm" if engine == "interlcm" else "lafr"  # osediff-face runs as LAFR does
+        return _ENGINES[key]
+    except Exception:  # noqa: BLE001 - listed anyway; loading it names the problem
+        return None
 
 
 def lafr_full_path(name: str) -> str:

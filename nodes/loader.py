@@ -32,7 +32,7 @@ class LAFRLoader:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "lafr_name": (comfy_host.lafr_filenames(), {"tooltip": "A LAFR .safetensors in models/lafr (train one with `python -m train`)."}),
+                "lafr_name": (comfy_host.lafr_filenames("lafr"), {"tooltip": "A LAFR .safetensors in models/lafr (train one with `python -m train`)."}),
             }
         }
 

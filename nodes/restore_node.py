@@ -5,12 +5,11 @@ same chain the A1111/Forge restorer runs."""
 from __future__ import annotations
 
 from ..lafr_core.face import COLOUR_CORRECTIONS, FILE_COLOUR_FIX, colour_for
-from ..lafr_core.host_chain import HostModel, lafr_engine, restore_images
-from ..lafr_core.video import restore_frame_batch
+from ..lafr_core.host_chain import HostModel, lafr_engine
 from . import comfy_host
-from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, interrupted, face_options, placeholder_crops
+from .chain_run import restore_node_output
+from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, face_options
 from .latent_nodes import CONDITIONING_INPUT
-from .ui_preview import restore_preview
 
 NODE = "LAFR Restore Faces"
 # The all-in-one node knows the file, so it offers the file's own colour fix (adain for OSEDiff
@@ -59,19 +58,4 @@ class LAFRRestoreFaces:
                          oom_errors=comfy_host.oom_errors(), on_oom=comfy_host.free_memory_after_oom)
         options = face_options(detector, threshold, min_size, select, strength=strength,
                                colour_correction=colour_for(colour_correction, lafr.colour_fix), feather=feather)
-        temporal = Temporal.from_inputs(temporal, temporal_sigma, max_gap)
-        progress = None
-
-        def tick(done: int, total: int) -> None:
-            nonlocal progress
-            progress = progress or comfy_host.Progress(total)
-            progress(done)
-
-        if temporal.on:  # video frames: faces tracked and smoothed over the batch, restored 16 frames at a time
-            result = restore_frame_batch(image, lafr_engine(lafr, host), options, temporal.sigma, temporal.max_gap, should_stop=interrupted, progress=tick)
-        else:
-            result = restore_images(image, lafr, host, options, should_stop=interrupted, progress=tick)
-        out = result.images.to(comfy_host.intermediate_device())
-        restored = result.restored.to(comfy_host.intermediate_device()) if result.restored is not None else placeholder_crops()
-        ui = restore_preview(image, out, result.faces, result.crops, result.restored)
-        return {"ui": ui, "result": (out, restored, len(result.faces))}
+        return restore_node_output(image, lafr_engine(lafr, host), options, Temporal.from_inputs(temporal, temporal_sigma, max_gap))

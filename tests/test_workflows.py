@@ -18,6 +18,8 @@ CORE = {
     "LoadImage": ({}, [("image", FILE_LIST), ("upload", ["image"])], ["IMAGE", "MASK"]),
     "CheckpointLoaderSimple": ({}, [("ckpt_name", FILE_LIST)], ["MODEL", "CLIP", "VAE"]),
     "CLIPTextEncode": ({"clip": "CLIP"}, [("text", "STRING")], ["CONDITIONING"]),
+    "UNETLoader": ({}, [("unet_name", FILE_LIST), ("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"])], ["MODEL"]),
+    "VAELoader": ({}, [("vae_name", FILE_LIST)], ["VAE"]),
     "VAEEncode": ({"pixels": "IMAGE", "vae": "VAE"}, [], ["LATENT"]),
     "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, [], ["IMAGE"]),
     "SaveImage": ({"images": "IMAGE"}, [("filename_prefix", "STRING")], []),
@@ -30,7 +32,11 @@ CORE = {
 }
 OPTIONAL_SOCKETS: dict[str, set[str]] = {"CreateVideo": {"audio"}}
 OPTIONAL_WIDGETS: dict[str, set[str]] = {}  # a workflow saved before they existed leaves them out (at the end)
-SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "LAFR", "LAFR_FACES", "VIDEO", "AUDIO"}
+SOCKET_TYPES = {"IMAGE", "MASK", "LATENT", "MODEL", "VAE", "CLIP", "CONDITIONING", "LAFR", "LAFR_FACES", "INTERLCM", "VIDEO", "AUDIO"}
+FILE_WIDGETS = {"lafr_name", "interlcm_name", "lcm_checkpoint", "clip_vision_name"}  # combos of the user's model folders
+# the frontend adds a value-control widget after an INT with control_after_generate (its value is
+# saved in the workflow, never sent in the API prompt)
+CONTROL_AFTER_GENERATE = ("control_after_generate", (["fixed", "increment", "decrement", "randomize"], {}))
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +65,12 @@ def node_spec(pack, node_type):
                 sockets[name] = kind
                 if section == "optional":
                     OPTIONAL_SOCKETS.setdefault(node_type, set()).add(name)
-            elif name == "lafr_name":
+            elif name in FILE_WIDGETS:
                 widgets.append((name, FILE_LIST))
             else:
                 widgets.append((name, (kind, opts[0] if opts else {})))
+                if opts and opts[0].get("control_after_generate"):
+                    widgets.append(CONTROL_AFTER_GENERATE)
             if section == "optional" and not (isinstance(kind, str) and kind in SOCKET_TYPES):
                 OPTIONAL_WIDGETS.setdefault(node_type, set()).add(name)
     return sockets, widgets, list(cls.RETURN_TYPES)
@@ -157,6 +165,23 @@ def test_osediff_example_feeds_its_checkpoints_clip_text_to_restore_faces_with_a
     widget_names = [name for name, _ in node_spec(pack, "LAFRRestoreFaces")[1]]
     assert restore["widgets_values"][widget_names.index("colour_correction")] == "adain"
     assert any(n["type"] == "SaveImage" and source(n, "images")[0] is restore for n in wf["nodes"])
+
+
+def test_interlcm_example_wires_the_lcm_unet_its_vae_and_the_loader_into_restore_faces(pack):
+    """InterLCM on LCM Dreamshaper v7 loaded by core loaders; the loader names the same UNet file
+    (its guidance weight); the 3-step weights with the file's colour fix (wavelet)."""
+    wf = json.loads((REPO / "example_workflows" / "LAFR_interlcm.json").read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    links = {l[0]: l for l in wf["links"]}
+    restore = next(n for n in wf["nodes"] if n["type"] == "InterLCMRestoreFaces")
+    source = {i["name"]: nodes[links[i["link"]][1]] for i in restore["inputs"]}
+    assert source["model"]["type"] == "UNETLoader" and source["vae"]["type"] == "VAELoader"
+    loader = source["interlcm"]
+    assert loader["type"] == "InterLCMLoader"
+    assert loader["widgets_values"][1] == source["model"]["widgets_values"][0], "the guidance weight comes from the MODEL's file"
+    values = dict(zip([name for name, _ in node_spec(pack, "InterLCMRestoreFaces")[1]], restore["widgets_values"]))
+    assert values["colour_correction"] == "file default" and values["control_after_generate"] == "fixed"
+    assert any(n["type"] == "SaveImage" and nodes[links[n["inputs"][0]["link"]][1]] is restore for n in wf["nodes"])
 
 
 def test_video_example_runs_the_clip_in_temporal_mode_with_core_nodes_only(pack):

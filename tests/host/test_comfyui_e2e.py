@@ -30,6 +30,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from comfy_support import COMFYUI_DIR, REPO, import_comfy, needs_comfyui  # noqa: E402
 from pack_fixtures import copy_pack, openclip_h14_text, write_stand_in_lafr, write_stand_in_osediff  # noqa: E402
 from conftest import DATA_DIR  # noqa: E402
@@ -38,6 +39,9 @@ pytestmark = needs_comfyui
 PACK_PARTS = ("__init__.py", "nodes", "lafr_core", "web", "example_workflows", "pyproject.toml", "requirements.txt")
 CKPT, SD15_CKPT, LAFR, IMAGE = "v2-1_512-ema-pruned.safetensors", "sd15_stand_in.safetensors", "lafr.safetensors", "portrait.png"
 OSEDIFF = "osediff_face.safetensors"
+# LAFR_interlcm.json's file names
+INTERLCM, INTERLCM_UNET, INTERLCM_VAE, INTERLCM_CLIP = ("interlcm_3step.safetensors", "lcm_dreamshaper_v7_unet.safetensors",
+                                                        "lcm_dreamshaper_v7_vae.safetensors", "clip_vit_b16.safetensors")
 VPRED_CKPT = "v2-1_768_v_stand_in.safetensors"
 WIDGET_KINDS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
@@ -70,6 +74,29 @@ def write_models(base: Path) -> None:
     save_file(sd21_ldm_checkpoint(v_prediction=True), str(ckpts / VPRED_CKPT))
     write_stand_in_lafr(base / "models" / "lafr" / LAFR)
     write_stand_in_osediff(base / "models" / "lafr" / OSEDIFF)
+    write_interlcm_models(base)
+
+
+def write_interlcm_models(base: Path) -> None:
+    """LAFR_interlcm.json's files, full-size random weights of the real configs: LCM Dreamshaper
+    v7's UNet (diffusers layout, with its guidance weight) and VAE, CLIP ViT-B/16, a converted
+    3-step InterLCM file."""
+    import shutil
+
+    from interlcm_reference import random_clip_vision, write_encoders, write_lcm_folder
+
+    from lafr_core.interlcm.convert import convert_interlcm
+
+    build, models = base / "interlcm_build", base / "models"
+    write_lcm_folder(build / "lcm", seed=0)
+    for sub, folder, name in (("unet", "diffusion_models", INTERLCM_UNET), ("vae", "vae", INTERLCM_VAE)):
+        (models / folder).mkdir(parents=True, exist_ok=True)
+        shutil.move(build / "lcm" / sub / "diffusion_pytorch_model.safetensors", models / folder / name)
+    (models / "clip_vision").mkdir(parents=True, exist_ok=True)
+    clip = random_clip_vision(seed=2)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(models / "clip_vision" / INTERLCM_CLIP))  # a bare tower
+    convert_interlcm(*write_encoders(build, 3, seed=3), models / "lafr" / INTERLCM)
+    shutil.rmtree(build)
 
 
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
@@ -85,10 +112,16 @@ def ui_to_api(workflow: dict, object_info: dict) -> dict:
             _, src, src_slot, *_ = links[inp["link"]]
             inputs[inp["name"]] = [str(src), src_slot]
         socket_names = {i["name"] for i in node["inputs"] if "widget" not in i}  # a linked widget keeps its value slot
-        widget_names = [name for section in ("required", "optional") for name, spec in info["input"].get(section, {}).items()
-                        if name not in socket_names and (isinstance(spec[0], list) or spec[0] in WIDGET_KINDS)]
+        widget_names = []
+        for section in ("required", "optional"):
+            for name, spec in info["input"].get(section, {}).items():
+                if name not in socket_names and (isinstance(spec[0], list) or spec[0] in WIDGET_KINDS):
+                    widget_names.append(name)
+                    if len(spec) > 1 and spec[1].get("control_after_generate"):
+                        widget_names.append(None)  # the frontend's value control: saved, never sent
         for name, value in zip(widget_names, node.get("widgets_values", [])):
-            inputs.setdefault(name, value)  # the link wins (CreateVideo's fps from the source video)
+            if name is not None:
+                inputs.setdefault(name, value)  # the link wins (CreateVideo's fps from the source video)
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
 
@@ -140,7 +173,12 @@ def test_nodes_are_registered_with_their_names(server):
     assert names == {"LAFRLoader": "LAFR Loader", "LAFRLatentAlign": "LAFR Latent Align",
                      "LAFRPrunedUNetStep": "LAFR Pruned UNet Step", "LAFRFaceDetectAlign": "LAFR Face Detect & Align",
                      "LAFRFacePasteBack": "Face Paste Back", "LAFRRestoreFaces": "LAFR Restore Faces", "LAFRVAE": "LAFR VAE"}
-    assert info["LAFRLoader"]["input"]["required"]["lafr_name"][0] == [LAFR, OSEDIFF]
+    assert info["LAFRLoader"]["input"]["required"]["lafr_name"][0] == [LAFR, OSEDIFF]  # not the InterLCM file
+    assert {k: v["display_name"] for k, v in info.items() if k.startswith("InterLCM")} == {
+        "InterLCMLoader": "InterLCM Loader", "InterLCMRestoreFaces": "InterLCM Restore Faces"}
+    interlcm_inputs = info["InterLCMLoader"]["input"]["required"]
+    assert interlcm_inputs["interlcm_name"][0] == [INTERLCM] and interlcm_inputs["clip_vision_name"][0] == [INTERLCM_CLIP]
+    assert INTERLCM_UNET in interlcm_inputs["lcm_checkpoint"][0]
     ours = [line for line in (base / "server.log").read_text().splitlines() if "ComfyUI-LAFR" in line]
     assert ours and not any("IMPORT FAILED" in line for line in ours), ours
 
