@@ -215,10 +215,10 @@ def local_source(value: str, marker: str) -> str | None:
 def file_engine(path: Path) -> str | None:
     """A weights file's `lafr.engine` from its header ("lafr" for a format-1 LAFR file), or None
     when the header cannot be read (the loader then names the problem)."""
-    from .lafr_file import LafrFileError, _read_header
+    from .lafr_file import LafrFileError, read_header_metadata
 
     try:
-        _, meta, _ = _read_header(Path(path))
+        meta = read_header_metadata(path)
     except (LafrFileError, OSError):
         return None
     return meta.get("lafr.engine", "lafr" if "lafr.format" in meta else None)

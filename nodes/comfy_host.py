@@ -55,17 +55,17 @@ def file_engine(name: str) -> str | None:
     OSEDiff files, None when the header cannot be read."""
     import folder_paths
 
-    from ..lafr_core.lafr_file import read_header_metadata
+    from ..lafr_core.model_paths import file_engine as engine_in_header
 
     try:
         path = folder_paths.get_full_path(LAFR_FOLDER, name)
         key = (path, os.path.getmtime(path))
-        if key not in _ENGINES:
-            engine = read_header_metadata(path).get("lafr.engine", "lafr")
-            _ENGINES[key] = "interlcm" if engine == "interlcm" else "lafr"  # osediff-face runs as LAFR does
-        return _ENGINES[key]
     except Exception:  # noqa: BLE001 - listed anyway; loading it names the problem
         return None
+    if key not in _ENGINES:
+        engine = engine_in_header(path)
+        _ENGINES[key] = None if engine is None else "interlcm" if engine == "interlcm" else "lafr"  # OSEDiff runs as LAFR
+    return _ENGINES[key]
 
 
 def lafr_full_path(name: str) -> str:
