@@ -16,7 +16,17 @@ import torch
 
 from .base_model import UNET_PREFIX, V_PRED_SENTINEL, BaseModelError, identify_ldm_checkpoint, require_sd2_epsilon
 from .lafr_file import LafrFileError, read_lafr_metadata
-from .model_paths import SD21_HUB_ID, base_model_candidates, lafr_file_candidates, search_folders
+from .model_paths import (
+    CLIP_B16_HUB_ID,
+    LCM_HUB_ID,
+    SD21_HUB_ID,
+    base_model_candidates,
+    clip_vision_candidates,
+    file_engine,
+    lafr_file_candidates,
+    lcm_candidates,
+    search_folders,
+)
 
 PACKAGES = ("torch", "torchvision", "safetensors", "numpy", "einops", "diffusers", "peft", "transformers",
             "accelerate", "facexlib", "opencv-python-headless")
@@ -68,11 +78,18 @@ def check_base_checkpoint(path: Path | str) -> str:
 
 
 def check_lafr_file(path: Path) -> str:
+    """ok (with what the file is) or invalid (why), for LAFR, OSEDiff and InterLCM files."""
+    from .interlcm.weights import read_interlcm_metadata
+
     try:
+        if file_engine(path) == "interlcm":
+            meta = read_interlcm_metadata(path)
+            return f"ok: InterLCM, {meta['lafr.steps']} step(s), needs LCM Dreamshaper v7 + CLIP ViT-B/16 ({meta.get('lafr.licence', '')})"
         meta = read_lafr_metadata(path)
     except LafrFileError as exc:
         return f"invalid: {exc}"
-    return f"ok: stages {meta.get('lafr.stages')}"
+    engine = meta.get("lafr.engine", "lafr")
+    return f"ok: stages {meta.get('lafr.stages')}" + ("" if engine == "lafr" else f" ({engine})")
 
 
 def face_detector_rows() -> list[str]:
@@ -119,6 +136,10 @@ def report() -> list[str]:
         "  none found: train one with `python -m train stage1 ...` / `stage2 ...` (no pretrained LAFR weights "
         "are published) and put the .safetensors in one of those folders"
     ]
+    lines += ["InterLCM's LCM Dreamshaper v7 (searched: LAFR_LCM_MODEL, " + ", ".join(map(str, folders.lcm)) + ", hub cache):"]
+    lines += [f"  {p}" for p in lcm_candidates()] or [f"  none found (only InterLCM files need it): `hf download {LCM_HUB_ID}` or a diffusers folder in models/diffusers"]
+    lines += ["InterLCM's CLIP ViT-B/16 (searched: LAFR_CLIP_VISION, " + ", ".join(map(str, folders.clip_vision)) + ", hub cache):"]
+    lines += [f"  {p}" for p in clip_vision_candidates()] or [f"  none found (only InterLCM files need it): `hf download {CLIP_B16_HUB_ID}` or a transformers folder in models/clip_vision"]
     lines += ["face detectors (searched: LAFR_FACE_MODELS_DIR, " + ", ".join(map(str, folders.face)) + "):"]
     lines += face_detector_rows()
     return lines

@@ -46,3 +46,22 @@ def test_doctor_lists_models_in_a_comfyui_folder(tmp_path):
     assert "v2-1_512.safetensors: ok: sd2.x" in out.stdout
     assert "faces.safetensors: ok: stages 1" in out.stdout
     assert "cpu (" in out.stdout and "torch " in out.stdout
+
+
+def test_doctor_names_an_interlcm_file_and_its_missing_base_models(tmp_path):
+    """A converted InterLCM file is reported as such (not "invalid: not a LAFR file"), with the
+    LCM and CLIP folders it needs and how to get them when they are missing."""
+    from lafr_core.interlcm.visual_encoder import VisualEncoder
+    from lafr_core.interlcm.weights import SPATIAL_SENTINELS, base_metadata, save_interlcm
+
+    comfy = tmp_path / "ComfyUI"
+    visual = {k: torch.zeros(v.shape, dtype=torch.float16) for k, v in VisualEncoder().state_dict().items()}
+    spatial = {k: torch.zeros(shape, dtype=torch.float16) for k, shape in SPATIAL_SENTINELS.items()}
+    save_interlcm(comfy / "models" / "lafr" / "interlcm_1step.safetensors", visual, spatial,
+                  base_metadata(1, "test", "CC BY-NC 4.0 (non-commercial)", "params_ema"))
+    env = {"COMFYUI_DIR": str(comfy), "HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+           "HF_HOME": str(tmp_path / "hf")}
+    out = subprocess.run([sys.executable, "-m", "lafr_core", "doctor"], capture_output=True, text=True, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "interlcm_1step.safetensors: ok: InterLCM, 1 step(s), needs LCM Dreamshaper v7 + CLIP ViT-B/16 (CC BY-NC 4.0" in out.stdout
+    assert "hf download SimianLuo/LCM_Dreamshaper_v7" in out.stdout and "hf download openai/clip-vit-base-patch16" in out.stdout
