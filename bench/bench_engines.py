@@ -170,7 +170,12 @@ def reset_peak_rss() -> bool:
 def serve(conn, engine_name: str, batch: int, device: str, threads: int, tiny: bool) -> None:
     """Build, make one warm-up call, send "ready"; then answer each "run" with one timed call and
     "quit" with the peak memory since the warm-up began (build-time copies excluded). Errors go
-    back as {"error": ...} so the parent can name the engine that failed."""
+    back as {"error": ...} so the parent can name the engine that failed; a parent gone (EOF)
+    ends the worker quietly.
+
+    Each call reports wall seconds and this process's CPU seconds (all its threads): on a machine
+    shared with other jobs the wall time grows with their load, the CPU time much less (it still
+    counts time threads spin waiting for a descheduled sibling: use --threads 1 there)."""
     try:
         torch.set_num_threads(threads)
         cuda = device.startswith("cuda")
@@ -183,29 +188,32 @@ def serve(conn, engine_name: str, batch: int, device: str, threads: int, tiny: b
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
 
-        def timed() -> tuple[float, list[int]]:
+        def peak_bytes() -> int:  # Linux ru_maxrss is in KiB
+            return torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+        def timed() -> tuple[float, float, list[int]]:
             sync()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             with torch.inference_mode():
                 out = engine.restore(faces)
             sync()
-            return time.perf_counter() - t0, list(out.shape)
+            return time.perf_counter() - t0, time.process_time() - c0, list(out.shape)
 
-        warmup_s, shape = timed()
+        warmup_s, _, shape = timed()
         conn.send(dict(ready=True, build_s=build_s, warmup_s=warmup_s, weights_gb=engine.weight_bytes / 1e9, out_shape=shape,
                        threads=torch.get_num_threads(), gpu=torch.cuda.get_device_name(device) if cuda else None))
         while True:
             command = conn.recv()
-            if command == "run":
-                seconds, shape = timed()
-                conn.send(dict(seconds=seconds, out_shape=shape))
+            if command == "run":  # the peak so far comes along: a run cut short still has it
+                seconds, cpu_seconds, shape = timed()
+                conn.send(dict(seconds=seconds, cpu_seconds=cpu_seconds, out_shape=shape, peak_gb=peak_bytes() / 1e9))
             elif command == "quit":
-                # Linux ru_maxrss is in KiB
-                peak = torch.cuda.max_memory_allocated(device) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-                conn.send(dict(peak_gb=peak / 1e9, peak_from_warmup=reset))
+                conn.send(dict(peak_gb=peak_bytes() / 1e9, peak_from_warmup=reset))
                 return
             else:
                 conn.send(dict(error=f"unknown command {command!r}"))
+    except EOFError:
+        return
     except Exception as exc:  # reported by the parent with the engine's name
         conn.send(dict(error=f"{type(exc).__name__}: {exc}"))
         raise

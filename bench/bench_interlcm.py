@@ -12,9 +12,11 @@ How the numbers stay comparable on a shared machine:
     each then making one warm-up call that is not timed; the models stay loaded;
   * then --rounds rounds; each round asks every child, in turn, for one timed call (round 1: lafr,
     interlcm-1, interlcm-3; round 2: the same...), so a load change hits all engines alike;
-  * reported: the median seconds per face per engine, the ratios interlcm-N / lafr WITHIN each
-    round and their median (the robust figure), and the 1-minute load average before and after
-    each round (a quiet machine has it near or below the threads used... and stable);
+  * reported: the median seconds per face per engine, wall clock and the worker's CPU time (all
+    its threads), the ratios interlcm-N / lafr WITHIN each round and their median (the robust
+    figure), and the 1-minute load average before and after each round: on a quiet machine it
+    stays near the threads the bench itself uses. On a loaded machine trust the CPU ratios and
+    run with --threads 1 (a descheduled OpenMP thread makes its siblings spin, in wall and CPU);
   * peak memory is each child's own: the RSS high-water mark (ru_maxrss) from the warm-up on (the
     mark is reset after the models are built, so build-time copies do not count), or
     torch.cuda.max_memory_allocated on CUDA; "weights GB" is what the models keep resident.
@@ -121,11 +123,18 @@ def run_bench(args: argparse.Namespace, log=lambda message: print(message, file=
         rounds = []
         for index in range(args.rounds):
             before = load1()
-            seconds = {engine: children[engine].ask("run")["seconds"] for engine in engines}
-            per_face = {engine: s / args.batch for engine, s in seconds.items()}
-            rounds.append(dict(round=index + 1, s_per_face=per_face, load_before=before, load_after=load1(),
-                               ratio={e: per_face[e] / per_face[BASE] for e in engines if BASE in per_face}))
-            log("  round {}: ".format(index + 1) + ", ".join(f"{e} {t:.2f} s/face" for e, t in per_face.items()))
+            calls = {engine: children[engine].ask("run") for engine in engines}
+            wall = {e: c["seconds"] / args.batch for e, c in calls.items()}
+            cpu = {e: c["cpu_seconds"] / args.batch for e, c in calls.items()}
+            rounds.append(dict(round=index + 1, s_per_face=wall, cpu_s_per_face=cpu, load_before=before, load_after=load1(),
+                               ratio={e: wall[e] / wall[BASE] for e in engines if BASE in wall},
+                               cpu_ratio={e: cpu[e] / cpu[BASE] for e in engines if BASE in cpu},
+                               peak_gb={e: c["peak_gb"] for e, c in calls.items()}))
+            log(f"  round {index + 1}: " + ", ".join(f"{e} {wall[e]:.2f} s/face (CPU {cpu[e]:.2f} s)" for e in engines)
+                + f"; load {before:.2f} -> {rounds[-1]['load_after']:.2f}")
+            if args.json:  # a run cut short still leaves its finished rounds
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(dict(partial=True, ready=ready, rounds=rounds), indent=1))
         peaks = {engine: children[engine].ask("quit") for engine in engines}
         for child in children.values():
             child.proc.join(timeout=60)
@@ -135,10 +144,14 @@ def run_bench(args: argparse.Namespace, log=lambda message: print(message, file=
     rows = []
     for engine in engines:
         times = [r["s_per_face"][engine] for r in rounds]
+        cpu_times = [r["cpu_s_per_face"][engine] for r in rounds]
         ratios = [r["ratio"][engine] for r in rounds if engine in r["ratio"]]
+        cpu_ratios = [r["cpu_ratio"][engine] for r in rounds if engine in r["cpu_ratio"]]
         rows.append(dict(engine=engine, network_steps=1 if engine == BASE else int(engine.split("-")[1]),
                          s_per_face=statistics.median(times), times=times,
+                         cpu_s_per_face=statistics.median(cpu_times), cpu_times=cpu_times,
                          ratio_vs_lafr=statistics.median(ratios) if ratios else None, ratios=ratios,
+                         cpu_ratio_vs_lafr=statistics.median(cpu_ratios) if cpu_ratios else None, cpu_ratios=cpu_ratios,
                          weights_gb=ready[engine]["weights_gb"], peak_gb=peaks[engine]["peak_gb"],
                          peak_from_warmup=peaks[engine]["peak_from_warmup"], build_s=ready[engine]["build_s"],
                          warmup_s=ready[engine]["warmup_s"], out_shape=ready[engine]["out_shape"]))
@@ -150,24 +163,25 @@ def run_bench(args: argparse.Namespace, log=lambda message: print(message, file=
 def markdown(result: dict) -> str:
     """The README table (one row per engine) and the per-round table beneath it."""
     m = result["machine"]
-    where = f"{m['gpu']} ({m['dtype']})" if m["gpu"] else f"{m['cpu']}, {m['threads']} threads ({m['dtype']})"
+    where = f"{m['gpu']} ({m['dtype']})" if m["gpu"] else f"{m['cpu']} ({m['cores']} cores, torch threads {m['threads']}, {m['dtype']})"
     mem = "peak GPU GB" if m["gpu"] else "peak RSS GB"
     lines = [f"{where}, torch {m['torch']}; {result['batch']} face(s) of {result['crop']} px per call; "
              f"median of {len(result['rounds'])} interleaved rounds after a warm-up; "
              f"1-min load {result['load_start']:.2f} at start, {result['load_end']:.2f} at end.", "",
-             f"| engine | network steps | s per face | vs LAFR (median of per-round ratios) | weights GB | {mem} |",
-             "|---|---|---|---|---|---|"]
+             f"| engine | network steps | s per face | CPU s per face | vs LAFR, wall | vs LAFR, CPU | weights GB | {mem} |",
+             "|---|---|---|---|---|---|---|---|"]
     for row in result["engines"]:
-        ratio = "-" if row["ratio_vs_lafr"] is None else f"{row['ratio_vs_lafr']:.2f}x"
-        lines.append(f"| {row['engine']} | {row['network_steps']} | {row['s_per_face']:.2f} | {ratio} | "
-                     f"{row['weights_gb']:.2f} | {row['peak_gb']:.2f} |")
+        ratios = ["-" if row[k] is None else f"{row[k]:.2f}x" for k in ("ratio_vs_lafr", "cpu_ratio_vs_lafr")]
+        lines.append(f"| {row['engine']} | {row['network_steps']} | {row['s_per_face']:.2f} | {row['cpu_s_per_face']:.2f} | "
+                     f"{ratios[0]} | {ratios[1]} | {row['weights_gb']:.2f} | {row['peak_gb']:.2f} |")
     engines = [row["engine"] for row in result["engines"]]
     others = [e for e in engines if e != BASE and BASE in engines]
-    lines += ["", "| round | " + " | ".join(f"{e} s/face" for e in engines) + "".join(f" | {e} / lafr" for e in others)
+    lines += ["", "| round | " + " | ".join(f"{e} s/face (CPU s)" for e in engines)
+              + "".join(f" | {e} / lafr, wall (CPU)" for e in others)
               + " | load before -> after |", "|---" * (2 + len(engines) + len(others)) + "|"]
     for r in result["rounds"]:
-        lines.append(f"| {r['round']} | " + " | ".join(f"{r['s_per_face'][e]:.2f}" for e in engines)
-                     + "".join(f" | {r['ratio'][e]:.2f}" for e in others)
+        lines.append(f"| {r['round']} | " + " | ".join(f"{r['s_per_face'][e]:.2f} ({r['cpu_s_per_face'][e]:.2f})" for e in engines)
+                     + "".join(f" | {r['ratio'][e]:.2f} ({r['cpu_ratio'][e]:.2f})" for e in others)
                      + f" | {r['load_before']:.2f} -> {r['load_after']:.2f} |")
     return "\n".join(lines)
 

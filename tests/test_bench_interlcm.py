@@ -38,7 +38,9 @@ def test_three_engines_timed_round_by_round(tiny_result):
     assert [r["round"] for r in result["rounds"]] == [1, 2]
     for engine, row in rows.items():
         assert len(row["times"]) == 2 and all(0 < t < 60 for t in row["times"])
+        assert len(row["cpu_times"]) == 2 and all(0 < t < 60 for t in row["cpu_times"])
         assert row["s_per_face"] == statistics.median(row["times"])
+        assert row["cpu_s_per_face"] == statistics.median(row["cpu_times"])
         assert row["out_shape"] == [1, 64, 64, 3]  # crops in -> restored crops of the same size out
         assert 0 < row["weights_gb"] < row["peak_gb"] < 8
         assert row["peak_from_warmup"]  # the build's high-water mark was reset (Linux)
@@ -49,10 +51,11 @@ def test_ratios_are_per_round_then_median(tiny_result):
     result = tiny_result
     rows = {row["engine"]: row for row in result["engines"]}
     for engine in ("interlcm-1", "interlcm-3"):
-        per_round = [r["s_per_face"][engine] / r["s_per_face"]["lafr"] for r in result["rounds"]]
-        assert rows[engine]["ratios"] == pytest.approx(per_round)
-        assert rows[engine]["ratio_vs_lafr"] == pytest.approx(statistics.median(per_round))
-    assert rows["lafr"]["ratio_vs_lafr"] == 1.0
+        for times, ratios, ratio in (("s_per_face", "ratios", "ratio_vs_lafr"), ("cpu_s_per_face", "cpu_ratios", "cpu_ratio_vs_lafr")):
+            per_round = [r[times][engine] / r[times]["lafr"] for r in result["rounds"]]
+            assert rows[engine][ratios] == pytest.approx(per_round)
+            assert rows[engine][ratio] == pytest.approx(statistics.median(per_round))
+    assert rows["lafr"]["ratio_vs_lafr"] == rows["lafr"]["cpu_ratio_vs_lafr"] == 1.0
     # the toy InterLCM runs CLIP + the full visual encoder + ControlNet + UNet: slower than toy LAFR
     assert rows["interlcm-3"]["ratio_vs_lafr"] > 1
     for r in result["rounds"]:
@@ -69,9 +72,10 @@ def test_markdown_table_has_the_three_rows_and_the_rounds(tiny_result):
         cells = [c.strip() for c in line.strip("|").split("|")]
         row = rows[cells[0]]
         assert float(cells[2]) == pytest.approx(row["s_per_face"], abs=0.006)
-        assert cells[3] == f"{row['ratio_vs_lafr']:.2f}x"
+        assert float(cells[3]) == pytest.approx(row["cpu_s_per_face"], abs=0.006)
+        assert cells[4:6] == [f"{row['ratio_vs_lafr']:.2f}x", f"{row['cpu_ratio_vs_lafr']:.2f}x"]
     round_lines = [line for line in lines if line.startswith("| 1 |") or line.startswith("| 2 |")]
-    assert len(round_lines) == 2 and "load" in result["markdown"] and "1 threads (fp32)" in lines[0]
+    assert len(round_lines) == 2 and "load" in result["markdown"] and "torch threads 1, fp32" in lines[0]
 
 
 def test_bad_arguments_are_refused_in_one_line(capsys):
