@@ -43,7 +43,7 @@ from lafr_core.interlcm.weights import InterLCMWeights, base_metadata, config, l
 from lafr_core.lafr_file import LafrWeights, load_lafr, save_lafr  # noqa: E402
 from lafr_core.pipeline import LafrPipeline, bundled_config  # noqa: E402
 
-ENGINES = ("lafr", "interlcm-1", "interlcm-3")
+from bench_interlcm import ENGINES  # noqa: E402  (light: the parent lists the engines without diffusers)
 FULL_CROP, TINY_CROP = 512, 64  # tiny: the VAEs still downsample 8x, as the ControlNet hint needs
 
 # toy widths of the same block layouts (SD2.1's UNet keeps its 4 levels; LCM's drops to 2)

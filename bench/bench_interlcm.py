@@ -39,7 +39,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
-ENGINES = ("lafr", "interlcm-1", "interlcm-3")  # bench_engines.ENGINES (not imported: it pulls in diffusers)
+ENGINES = ("lafr", "interlcm-1", "interlcm-3")  # what bench_engines builds
 BASE = "lafr"
 
 
