@@ -20,6 +20,7 @@ AUTOMATIC = "Automatic"  # Settings' LAFR file: the first file in models/LAFR
 FROM_SETTINGS = "Use settings"  # Extras' LAFR file: whatever Settings > LAFR says
 FILE_COLOUR = FILE_COLOUR_FIX  # the file's own `lafr.colour_fix` (none for LAFR, adain for OSEDiff)
 COLOUR_CHOICES = (FILE_COLOUR, *COLOUR_CORRECTIONS)
+MAX_SEED = 2**63  # torch.Generator.manual_seed takes any int64 >= 0
 
 T = TypeVar("T")
 
@@ -56,6 +57,15 @@ def _check_name(where: str, name: str, value: Any) -> None:
         raise ArgsError(f"{where}: {name} must be a file name, got {value!r}")
 
 
+def _check_seed(where: str, name: str, value: Any) -> int:
+    """A whole number in [0, 2**63) (a settings file may store it as 7.0; bools are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
+        raise ArgsError(f"{where}: {name} must be a whole number, got {value!r}")
+    if not 0 <= value < MAX_SEED:
+        raise ArgsError(f"{where}: {name} must be between 0 and {MAX_SEED - 1}, got {int(value)}")
+    return int(value)
+
+
 def _check_text(where: str, name: str, value: Any) -> str:
     """Text, surrounding blanks dropped ("" = not set)."""
     if not isinstance(value, str):
@@ -71,7 +81,8 @@ class RestoreArgs:
     detector: str = "auto"
     strength: float = 1.0
     colour_correction: str = FILE_COLOUR
-    prompt: str = ""  # "" = the file's own prompt
+    prompt: str = ""  # "" = the file's own prompt (InterLCM files take none)
+    seed: int = 0  # InterLCM files' noise (every face draws the same seed); LAFR's engine draws none
 
     def __post_init__(self) -> None:
         where = "Settings > LAFR"
@@ -80,6 +91,7 @@ class RestoreArgs:
         object.__setattr__(self, "strength", _check_unit(where, "strength", self.strength))
         _check_choice(where, "colour_correction", self.colour_correction, COLOUR_CHOICES)
         object.__setattr__(self, "prompt", _check_text(where, "prompt", self.prompt))
+        object.__setattr__(self, "seed", _check_seed(where, "seed", self.seed))
 
     def colour_for(self, file_colour_fix: str) -> str:
         """The colour correction to run: the setting, or with FILE_COLOUR the file's own."""
@@ -118,7 +130,8 @@ class ExtrasArgs:
         return self.enable and self.visibility > 0.0
 
     def over(self, settings: RestoreArgs) -> RestoreArgs:
-        """The restorer arguments for this Extras run: visibility as strength, file and prompt if given."""
+        """The restorer arguments for this Extras run: visibility as strength, file and prompt if
+        given; detector, colour correction and InterLCM's seed from Settings."""
         lafr_file = settings.lafr_file if self.lafr_file == FROM_SETTINGS else self.lafr_file
         return RestoreArgs(lafr_file=lafr_file, detector=settings.detector, strength=self.visibility,
-                           colour_correction=settings.colour_correction, prompt=self.prompt or settings.prompt)
+                           colour_correction=settings.colour_correction, prompt=self.prompt or settings.prompt, seed=settings.seed)

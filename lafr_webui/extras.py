@@ -1,4 +1,8 @@
-"""Extras tab > LAFR: restore the faces of an uploaded image with the loaded SD2.1-base checkpoint.
+"""Extras tab > LAFR: restore the faces of an uploaded image with the chosen file's engine.
+
+A LAFR or OSEDiff file runs on the loaded SD2.1-base checkpoint, a converted InterLCM file on its
+own models (lafr_webui.interlcm): pick one file, then the other, to compare the engines on the
+same photo; the infotext names the engine and seed of an InterLCM run.
 
 A postprocessing script is a modules.scripts_postprocessing.ScriptPostprocessing subclass found in
 a scripts/*.py module (HOSTS.md): ui() returns the components by argument name and process(pp,
@@ -66,3 +70,6 @@ class LafrExtras(scripts_postprocessing.ScriptPostprocessing):
         pp.info["LAFR visibility"] = round(extras.visibility, 3)
         pp.info["LAFR model"] = outcome.lafr_file
         pp.info["LAFR faces"] = outcome.faces
+        if outcome.engine != RESTORER_NAME:  # LAFR's own runs keep the infotext they always had
+            pp.info["LAFR engine"] = outcome.engine
+            pp.info["LAFR seed"] = outcome.seed

@@ -5,7 +5,7 @@ failure ever reaches the webui's own handler. That handler matters: an exception
 postprocessing script ends the whole Extras run (A1111's runner does not catch it), the webui
 prints its own traceback after ours, and the gallery comes back empty. Instead:
   * a problem the user can fix (USER_ERRORS: a missing or broken LAFR file, a bad argument, an
-    image or detector problem) prints ONE line, once per cause (messages.notify_once);
+    image or detector problem, InterLCM's base models missing or unreadable) prints ONE line, once per cause (messages.notify_once);
   * anything else is a bug: one report block with the LAFR/torch/Python versions, the device, the
     inputs (tensors and images summarised by shape and type) and the traceback, with rich when
     the webui has it (both ship it) and plain text otherwise.
@@ -26,11 +26,12 @@ from lafr_core.latent_ops import MissingStageError
 
 from .args import ArgsError
 from .images import UnsupportedImage
+from .interlcm import InterlcmSetupError
 from .messages import notify_once
 
 MAX_REPR = 200
 # problems of files, settings or inputs: the message says what to fix, no traceback needed
-USER_ERRORS = (FileNotFoundError, LafrFileError, MissingStageError, FaceError, ArgsError, UnsupportedImage)
+USER_ERRORS = (FileNotFoundError, LafrFileError, MissingStageError, FaceError, ArgsError, UnsupportedImage, InterlcmSetupError)
 
 
 def summarise(value: Any) -> str:
