@@ -26,7 +26,7 @@ BASICSR_NIQE = {
 
 
 def as_batch(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rgb[None]).float() / 255.0
+    return torch.from_numpy(rgb[None].copy()).float() / 255.0
 
 
 @pytest.fixture(scope="module")

@@ -70,7 +70,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers(hq_folder):
         return [v for row in evaluate(data, options=EvalOptions(baseline=False, landmarks=False), progress=False).rows for k, v in row.items() if k != "name"]
 
     first = run(0)
-    assert len(first) == 2  # psnr, ssim
+    assert len(first) == 3  # psnr, ssim, niqe (always: it needs no weights)
     assert run(0) == first
     assert run(1) != first
 

@@ -3,6 +3,10 @@
 The table puts the restored faces' averages next to the LQ faces' (what restoration changed),
 with the direction of each metric; the contact sheet shows LQ | restored | HQ per face with that
 face's numbers under it, so a bad average can be traced to the faces that make it.
+
+`--protocol table1` adds the LAFR paper's Table 1 (CelebA-Test) columns in the paper's order
+(`protocol_table`, `write_protocol_csv`); a column that could not be computed stays in its place,
+marked "not computed", with the reason listed under the table.
 """
 
 from __future__ import annotations
@@ -16,9 +20,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .runner import LOWER_IS_BETTER, SHEET_THUMB, EvalResult
 
-LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS", "lmd_px": "LMD px", "id_dlib": "ID dlib", "id_arcface_deg": "ID deg", "fid": "FID"}
-DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "lmd_px": 2, "id_dlib": 3, "id_arcface_deg": 2, "fid": 2}
-SHORT = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "lmd_px": "LMD", "id_dlib": "ID", "id_arcface_deg": "ID°"}
+LABELS = {"psnr": "PSNR dB", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "musiq": "MUSIQ", "clipiqa": "CLIP-IQA",
+          "maniqa": "MANIQA", "niqe": "NIQE", "lmd_px": "LMD px", "id_dlib": "ID dlib", "id_arcface_deg": "ID deg", "fid": "FID",
+          "fid_ffhq": "FID-F"}
+DIGITS = {"psnr": 2, "ssim": 4, "lpips": 4, "dists": 4, "musiq": 2, "clipiqa": 4, "maniqa": 4, "niqe": 3, "lmd_px": 2, "id_dlib": 3,
+          "id_arcface_deg": 2, "fid": 2, "fid_ffhq": 2}
+SHORT = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS", "musiq": "MUSIQ", "clipiqa": "CLIPIQA", "maniqa": "MANIQA",
+         "niqe": "NIQE", "lmd_px": "LMD", "id_dlib": "ID", "id_arcface_deg": "ID°"}
+# The LAFR paper's Table 1 (CelebA-Test), its column names and order -> our column.
+TABLE1 = (("PSNR", "psnr"), ("SSIM", "ssim"), ("LPIPS", "lpips"), ("DISTS", "dists"), ("MUSIQ", "musiq"), ("NIQE", "niqe"),
+          ("Deg.", "id_arcface_deg"), ("LMD", "lmd_px"), ("FID-F", "fid_ffhq"), ("FID", "fid"), ("CLIP-IQA", "clipiqa"), ("MANIQA", "maniqa"))
+SET_METRICS = ("fid", "fid_ffhq")  # one number for the whole set (result.fid), not per face
 GAP, TEXT_H, HEADER_H = 6, 30, 20
 
 
@@ -60,11 +72,64 @@ def summary_table(result: EvalResult) -> str:
         if has_lq:
             cells.append(fmt(column, result.mean(f"lq_{column}")[0]))
         lines.append("| " + " | ".join([*cells, f"{n}/{len(result.rows)}"]) + " |")
-    if "fid" in result.fid:
-        cells = ["FID", "lower", fmt("fid", result.fid["fid"])] + ([fmt("fid", result.fid.get("lq_fid", math.nan))] if has_lq else [])
-        lines.append("| " + " | ".join([*cells, f"{len(result.rows)} (set)"]) + " |")
+    for column in SET_METRICS:
+        if column in result.fid:
+            cells = [LABELS[column], "lower", fmt(column, result.fid[column])]
+            cells += [fmt(column, result.fid.get(f"lq_{column}", math.nan))] if has_lq else []
+            lines.append("| " + " | ".join([*cells, f"{len(result.rows)} (set)"]) + " |")
     lines += [f"- {note}" for note in result.notes]
     return "\n".join(lines)
+
+
+def protocol_values(result: EvalResult, column: str) -> tuple[float, float, str] | None:
+    """(restored, LQ, faces) for one Table-1 column, or None when it was not computed."""
+    if column in SET_METRICS:
+        if column not in result.fid:
+            return None
+        return result.fid[column], result.fid.get(f"lq_{column}", math.nan), f"{len(result.rows)} (set)"
+    if column not in result.columns:
+        return None
+    (mean, n), lq = result.mean(column), (result.mean(f"lq_{column}")[0] if f"lq_{column}" in result.columns else math.nan)
+    return mean, lq, f"{n}/{len(result.rows)}"
+
+
+def protocol_table(result: EvalResult, skipped: dict[str, str] | None = None) -> str:
+    """Markdown: the paper's Table 1 columns in its order, then "not computed: <why>" for each gap.
+
+    `skipped` maps our column to why it is missing (a loader's note); a gap without one is
+    still listed."""
+    skipped = skipped or {}
+    lines = ["| Table 1 | better | restored | LQ input | faces |", "|---|---|---|---|---|"]
+    gaps = []
+    for label, column in TABLE1:
+        better = "lower" if column in LOWER_IS_BETTER else "higher"
+        values = protocol_values(result, column)
+        if values is None:
+            lines.append(f"| {label} | {better} | not computed | | |")
+            gaps.append(f"not computed: {label}: {skipped.get(column, 'no value (see the notes)')}")
+        else:
+            lines.append(f"| {label} | {better} | {fmt(column, values[0])} | {fmt(column, values[1])} | {values[2]} |")
+    return "\n".join(lines + [f"- {gap}" for gap in gaps])
+
+
+def table1_order(columns: list[str]) -> list[str]:
+    """Per-face columns with Table 1's first, in its order (restored, then their lq_ twins), then the rest."""
+    paper = [c for _, c in TABLE1 if c in columns]
+    first = paper + [f"lq_{c}" for c in paper if f"lq_{c}" in columns]
+    return first + [c for c in columns if c not in first]
+
+
+def write_protocol_csv(result: EvalResult, path: str | Path) -> Path:
+    """table1.csv: a header of the paper's column names, then the 'restored' and 'lq' means (empty where not computed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = [protocol_values(result, column) for _, column in TABLE1]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["set", *(label for label, _ in TABLE1)])
+        for k, name in enumerate(("restored", "lq")):
+            writer.writerow([name, *("" if v is None else repr(float(v[k])) for v in values)])
+    return path
 
 
 def face_caption(row: dict, columns: list[str], prefix: str = "") -> str:

@@ -6,8 +6,8 @@ LQ faces themselves. Faces restored beforehand by another tool come in through t
 
 Every image is rounded to 8 bits before scoring, as the protocol scores saved PNGs. Each face is
 scored twice, restored vs HQ and LQ vs HQ (`baseline`), so the table shows what restoration
-changed. Per-face columns: psnr, ssim, lpips, lmd_px, the identity model's column (id_dlib or
-id_arcface_deg); the LQ's have an lq_ prefix. NaN marks a face a metric could not score (no
+changed. Per-face columns: psnr, ssim, lpips, the pyiqa metrics' (dists, musiq, clipiqa, maniqa),
+niqe, lmd_px, the identity model's column (id_dlib or id_arcface_deg); the LQ's have an lq_ prefix. NaN marks a face a metric could not score (no
 landmarks found); averages skip NaN and say how many faces they cover.
 """
 
@@ -23,11 +23,13 @@ import torch
 
 from ..identity import IdentityModel
 from .data import EvalSet
+from .iqa import IqaMetric
 from .learned import FidAccumulator, Lpips
 from .metrics import landmark_distance, landmarks_of, psnr, quantise, ssim
+from .niqe import BLOCK, niqe
 
 Restorer = Callable[[torch.Tensor], torch.Tensor]
-LOWER_IS_BETTER = {"lpips", "lmd_px", "id_dlib", "id_arcface_deg", "fid"}
+LOWER_IS_BETTER = {"lpips", "dists", "niqe", "lmd_px", "id_dlib", "id_arcface_deg", "fid", "fid_ffhq"}
 SHEET_THUMB = 160  # contact-sheet thumbnails (px); kept as uint8 while the run goes on
 
 
@@ -38,7 +40,9 @@ class EvalOptions:
     baseline: bool = True
     sheet_faces: int = 16  # faces kept for the contact sheet
     landmarks: bool = True  # LMD (runs MTCNN on HQ, restored and LQ faces: the slowest metric on a CPU)
-    fid_stats: tuple[np.ndarray, np.ndarray] | None = None
+    fid_stats: tuple[np.ndarray, np.ndarray] | None = None  # FID's reference instead of the HQ faces
+    fid_ffhq: tuple[np.ndarray, np.ndarray] | None = None  # FID-F: also FID against these (FFHQ) statistics
+    niqe: bool = True  # no weights needed; skipped with a note for faces under two 96x96 blocks
 
 
 @dataclass
@@ -46,7 +50,7 @@ class EvalResult:
     rows: list[dict]  # one per face: name + metric columns
     columns: list[str]  # metric columns in display order (restored first, then lq_)
     notes: list[str]  # metrics skipped and why, how identity was measured
-    fid: dict[str, float] = field(default_factory=dict)  # "fid" (restored) and "lq_fid"
+    fid: dict[str, float] = field(default_factory=dict)  # "fid", "fid_ffhq" (restored) and "lq_fid", "lq_fid_ffhq"
     thumbs: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # name, LQ, restored, HQ
     seconds_restore: float = 0.0
     seconds_metrics: float = 0.0
@@ -87,11 +91,17 @@ def score(
     identity: IdentityModel | None,
     lpips: Lpips | None,
     y_channel: bool,
+    iqa: list[IqaMetric] = (),
+    with_niqe: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-face metric columns of `output` vs `hq` (both 8-bit-rounded [B, S, S, 3])."""
     out = {"psnr": psnr(output, hq, y_channel), "ssim": ssim(output, hq, y_channel)}
     if lpips is not None:
         out["lpips"] = lpips(output, hq)
+    for metric in iqa:
+        out[metric.spec.column] = metric(output, hq)
+    if with_niqe:
+        out["niqe"] = niqe(output)
     if hq_landmarks is not None:
         out["lmd_px"] = landmark_distance(landmarks_of(output), hq_landmarks)
     if identity is not None:
@@ -108,9 +118,16 @@ def evaluate(
     options: EvalOptions = EvalOptions(),
     notes: list[str] | None = None,
     progress: bool = True,
+    iqa: list[IqaMetric] | None = None,
 ) -> EvalResult:
     """Score every face of `data`; the result holds rows, averages and contact-sheet thumbnails."""
     notes = list(notes or [])
+    iqa = list(iqa or [])
+    with_niqe = options.niqe and (data.size // BLOCK) ** 2 >= 2
+    if options.niqe and not with_niqe:
+        notes.append(f"NIQE not computed: {data.size}x{data.size} faces hold fewer than two {BLOCK}x{BLOCK} blocks")
+    elif with_niqe:
+        notes.append("NIQE: BasicSR's calculate_niqe (Y channel, crop 0), lafr_core.eval.niqe")
     if identity is not None:
         notes.append(f"identity: {identity.name}: {identity.unit}")
     if options.landmarks:
@@ -135,10 +152,10 @@ def evaluate(
         restored = quantise(restored)
         t1 = time.perf_counter()
         hq_landmarks = landmarks_of(hq) if options.landmarks else None
-        columns = score(restored, hq, hq_landmarks, identity, lpips, options.y_channel)
+        columns = score(restored, hq, hq_landmarks, identity, lpips, options.y_channel, iqa, with_niqe)
         if options.baseline:
             same = restore is None and faces[0].restored is None  # nothing restored: the LQ's scores are the same
-            base = columns if same else score(lq, hq, hq_landmarks, identity, lpips, options.y_channel)
+            base = columns if same else score(lq, hq, hq_landmarks, identity, lpips, options.y_channel, iqa, with_niqe)
             columns.update({f"lq_{k}": v for k, v in base.items()})
         if fid is not None:
             fid.add(restored, hq if options.fid_stats is None else None)
@@ -157,9 +174,13 @@ def evaluate(
         bar.close()
     if fid is not None and len(rows) >= 2:
         result.fid["fid"] = fid.fid(options.fid_stats)
+        if options.fid_ffhq is not None:
+            result.fid["fid_ffhq"] = fid.fid(options.fid_ffhq)
         if lq_fid is not None:
             lq_fid.reference = fid.reference
             result.fid["lq_fid"] = lq_fid.fid(options.fid_stats)
+            if options.fid_ffhq is not None:
+                result.fid["lq_fid_ffhq"] = lq_fid.fid(options.fid_ffhq)
     elif fid is not None:
         notes.append("FID skipped: it needs at least 2 faces")
     return result
