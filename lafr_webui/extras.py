@@ -70,6 +70,6 @@ class LafrExtras(scripts_postprocessing.ScriptPostprocessing):
         pp.info["LAFR visibility"] = round(extras.visibility, 3)
         pp.info["LAFR model"] = outcome.lafr_file
         pp.info["LAFR faces"] = outcome.faces
-        if outcome.engine != RESTORER_NAME:  # LAFR's own runs keep the infotext they always had
+        if outcome.engine != service.LAFR_ENGINE:  # LAFR's own runs keep the infotext they always had
             pp.info["LAFR engine"] = outcome.engine
             pp.info["LAFR seed"] = outcome.seed

@@ -11,11 +11,12 @@ ComfyUI's folders, A1111_DIR / FORGE_DIR, the hub cache) through restore_cli.fin
 folder counts only when its config says it is that model (model_paths.is_lcm_folder /
 is_clip_b16_folder), so an SD1.5 folder beside it is passed over.
 
-The pipeline (~2.5 GB in fp16) is loaded once and kept while the file and both folders are
-unchanged (their mtimes are in the key), on the webui's device: fp32 on CPU (half precision is
-slow or missing there), the webui's dtype elsewhere. `release` drops it: service calls it when the
-user switches to a LAFR file, so the two engines never hold memory together. The seed is applied
-per run on a shallow copy (the modules are shared), so changing it never reloads anything.
+The pipeline (~2.8 GB in fp16: UNet, ControlNet, VAE, CLIP) is loaded once and kept while the
+file and both folders are unchanged (their files' mtimes and sizes are in the key), on the webui's
+device: fp32 on CPU (half precision is slow or missing there), the webui's dtype elsewhere.
+`release` drops it: service calls it when the user switches to a LAFR file, so the two engines
+never hold memory together. The seed is applied per run on a shallow copy (the modules are
+shared), so changing it never reloads anything.
 
 What the user can fix (no LCM or CLIP folder, diffusers missing from the webui's Python, a folder
 diffusers cannot read) is an InterlcmSetupError: one line, the image passes through unchanged
@@ -92,12 +93,14 @@ def find_base_models(file: Path, models: Path) -> BaseModels:
     folders = search_folders()
     if lcm is None:
         problems.append(
-            f"LCM Dreamshaper v7 (a diffusers folder with unet/ and vae/) not found in {_places(webui_lcm, LCM_ENV, folders.lcm, LCM_HUB_ID)}; "
+            "LCM Dreamshaper v7 (a diffusers folder with unet/ and vae/) not found in "
+            f"{_places(webui_lcm, LCM_ENV, folders.lcm, LCM_HUB_ID)}; "
             f"get it with `hf download {LCM_HUB_ID} --include 'unet/config.json' 'unet/*.safetensors' 'vae/config.json' "
             f"'vae/*.safetensors' --local-dir {webui_lcm / 'LCM_Dreamshaper_v7'}`")
     if clip is None:
         problems.append(
-            f"CLIP ViT-B/16 (a transformers folder) not found in {_places(webui_clip, CLIP_ENV, folders.clip_vision, CLIP_B16_HUB_ID)}; "
+            "CLIP ViT-B/16 (a transformers folder) not found in "
+            f"{_places(webui_clip, CLIP_ENV, folders.clip_vision, CLIP_B16_HUB_ID)}; "
             f"get it with `hf download {CLIP_B16_HUB_ID} config.json pytorch_model.bin --local-dir {webui_clip / 'clip-vit-base-patch16'}`")
     if problems:
         raise InterlcmSetupError(f"the InterLCM file {Path(file).name} needs " + "; and ".join(problems))

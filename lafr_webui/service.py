@@ -47,11 +47,12 @@ class Outcome:
     lafr_file: str | None = None  # the file's name in models/LAFR
     skipped: str | None = None  # why nothing was restored (refused model, interrupted)
     no_face: str | None = None  # the chain ran and found no face: what was said (images = input)
-    engine: str = "LAFR"  # the engine that ran: "LAFR" (LAFR and OSEDiff files) or "InterLCM"
+    engine: str = "LAFR"  # the engine that ran: LAFR_ENGINE (LAFR and OSEDiff files) or "InterLCM"
     seed: int | None = None  # InterLCM's noise seed (LAFR's engine draws none)
 
 
 NO_FACE = "no face found (image passed through unchanged)"
+LAFR_ENGINE = "LAFR"  # Outcome.engine of LAFR and OSEDiff files (InterLCM's is lafr_core.interlcm.engine.ENGINE_NAME)
 
 
 def cached_weights(path: Path) -> LafrWeights:
