@@ -5,8 +5,10 @@
     lafr eval --hq HQ/ --lq LQ/ --restored other_tool_output/      # score another tool's results
     lafr eval --hq HQ/ --preset x4 --restorer none                 # the LQ faces' own numbers
     lafr eval --hq HQ/ --lafr interlcm_1step.safetensors --lcm LCM_Dreamshaper_v7/ --clip-vision clip-vit-base-patch16/
+    lafr eval --hq celeba_512_validation --lq celeba_512_validation_lq --protocol table1 --fid-ffhq ffhq_512_stats.npz
 
-Writes eval.csv (per face), summary.md (the printed table) and contact_sheet.png to --output.
+Writes eval.csv (per face), summary.md (the printed table) and contact_sheet.png to --output;
+with --protocol table1 also the paper's Table 1 columns in its order (summary.md, table1.csv).
 Exit codes: 0 done, 1 the inputs do not fit together, 2 weights or an identity model missing.
 The restorer is found as `lafr restore` finds it (restore_cli.find_weights): any engine and file
 the pack runs, with the same flags (--engine, --lcm, --clip-vision; InterLCM's noise seed is
@@ -22,12 +24,14 @@ import torch
 
 from ..identity import IDENTITY_BACKENDS, IdentityModelError, load_identity_model
 from .data import EvalDataError, EvalSet
+from .iqa import IQA_METRICS, load_iqa
 from .learned import FidAccumulator, load_fid_features, load_fid_stats, load_lpips
-from .report import contact_sheet, summary_table, write_csv
+from .report import contact_sheet, protocol_table, summary_table, table1_order, write_csv, write_protocol_csv
 from .runner import EvalOptions, Restorer, evaluate
 
 DEFAULT_PRESET = "celeba-test"
-EVAL_HELP = "measure a restorer on HQ faces or LQ/HQ pairs: PSNR, SSIM, LPIPS, landmarks, identity, FID"
+EVAL_HELP = "measure a restorer on HQ faces or LQ/HQ pairs: PSNR, SSIM, LPIPS, NIQE, landmarks, identity, FID (--protocol table1: the paper's)"
+PROTOCOLS = ("table1",)
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lpips", choices=("vgg", "alex", "none"), default="vgg", help="LPIPS trunk (scored when its weights are in the torch hub cache)")
     parser.add_argument("--no-fid", action="store_true", help="skip FID even when pytorch-fid and its weights are here")
     parser.add_argument("--fid-stats", type=Path, help="reference FID statistics (.npz with mu, sigma, e.g. FFHQ's for FID-F); default: the HQ faces")
+    parser.add_argument("--fid-ffhq", type=Path, help="FFHQ's FID statistics (.npz with mu, sigma): FID-F, scored beside FID against the HQ faces")
+    parser.add_argument("--iqa", nargs="*", choices=sorted(IQA_METRICS), metavar="METRIC",
+                        help=f"pyiqa metrics ({', '.join(sorted(IQA_METRICS))}), scored when pyiqa and their weights are in its cache; "
+                             "default: none, all with --protocol table1")
+    parser.add_argument("--no-niqe", action="store_true", help="skip NIQE (no weights needed; about 0.5 s per 512 face on a CPU)")
+    parser.add_argument("--protocol", choices=PROTOCOLS,
+                        help="table1: the LAFR paper's CelebA-Test columns in its order (PSNR, SSIM, LPIPS, DISTS, MUSIQ, NIQE, Deg. = ArcFace "
+                             "angle, LMD, FID-F, FID, CLIP-IQA, MANIQA) in summary.md and table1.csv; those without weights say why")
     parser.add_argument("--y-channel", action="store_true", help="PSNR/SSIM on the luma Y channel (basicsr test_y_channel); RGB, the default, is the face-restoration protocol")
     parser.add_argument("--no-lmd", action="store_true", help="skip the landmark distance (MTCNN on every face: the slowest metric on a CPU)")
     parser.add_argument("--no-baseline", action="store_true", help="do not score the LQ faces too")
@@ -110,6 +122,20 @@ def _restorer(args: argparse.Namespace) -> tuple[Restorer | None, str | None]:
     return pipeline_restorer(found.base, found.lafr, args.device, args.batch_size), None
 
 
+def skipped_by_flags(args: argparse.Namespace, identity) -> dict[str, str]:
+    """Why a Table-1 column will be missing because of the flags or the identity model found."""
+    skipped = {}
+    if identity is None or identity.column != "id_arcface_deg":
+        found = f"the identity model is {identity.name}" if identity is not None else "--identity none was given"
+        skipped["id_arcface_deg"] = f"it is the ArcFace angle and {found} (give an ArcFace .onnx: --arcface or $LAFR_ARCFACE)"
+    reasons = {"lmd_px": (args.no_lmd, "--no-lmd"), "niqe": (args.no_niqe, "--no-niqe"), "lpips": (args.lpips == "none", "--lpips none"),
+               "fid": (args.no_fid, "--no-fid"), "fid_ffhq": (args.no_fid, "--no-fid")}
+    skipped.update({column: f"{flag} was given" for column, (given, flag) in reasons.items() if given})
+    if not args.fid_ffhq:
+        skipped.setdefault("fid_ffhq", "give FFHQ's Inception statistics: --fid-ffhq stats.npz (arrays mu, sigma)")
+    return skipped
+
+
 def run_eval(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset if args.lq is None else None
@@ -128,16 +154,26 @@ def run_eval(args: argparse.Namespace) -> int:
     except IdentityModelError as exc:
         print(f"lafr eval: {exc}\n  (--identity none skips identity)")
         return 2
-    notes = []
+    try:
+        fid_ffhq = load_fid_stats(args.fid_ffhq) if args.fid_ffhq else None
+    except (OSError, ValueError) as exc:
+        print(f"lafr eval: --fid-ffhq: {exc}")
+        return 1
+    notes, skipped = [], skipped_by_flags(args, identity)
     lpips = None
     if args.lpips != "none":
         lpips, note = load_lpips(args.lpips, device)
         notes += [note] if note else []
+        skipped.update({"lpips": note} if note else {})
     fid = None
     if not args.no_fid:
         features, note = load_fid_features(device)
         fid = FidAccumulator(features) if features is not None else None
         notes += [note] if note else []
+        skipped.update({"fid": note, "fid_ffhq": skipped.get("fid_ffhq", note)} if note else {})
+    iqa, iqa_skipped = load_iqa(args.iqa if args.iqa is not None else (sorted(IQA_METRICS) if args.protocol else []), device)
+    notes += list(iqa_skipped.values())
+    skipped.update(iqa_skipped)
     try:
         restore, missing = _restorer(args)
     except ValueError as exc:  # a file or flags that do not fit (LafrFileError and InterLCMFileError are ValueErrors)
@@ -149,19 +185,26 @@ def run_eval(args: argparse.Namespace) -> int:
     if restore is None and args.restored is None:
         notes.append("no restorer: the 'restored' column is the LQ input itself")
     options = EvalOptions(batch_size=args.batch_size, y_channel=args.y_channel, baseline=not args.no_baseline, landmarks=not args.no_lmd,
-                          sheet_faces=args.sheet_faces, fid_stats=load_fid_stats(args.fid_stats) if args.fid_stats else None)
+                          sheet_faces=args.sheet_faces, fid_stats=load_fid_stats(args.fid_stats) if args.fid_stats else None,
+                          fid_ffhq=fid_ffhq, niqe=not args.no_niqe)
     notes.insert(0, f"{data.describe()}; PSNR/SSIM on {'Y' if args.y_channel else 'RGB'}, 8-bit")
     try:
-        result = evaluate(data, restore, identity, lpips, fid, options, notes)
+        result = evaluate(data, restore, identity, lpips, fid, options, notes, iqa=iqa)
     except EvalDataError as exc:
         print(f"lafr eval: {exc}")
         return 1
     args.output.mkdir(parents=True, exist_ok=True)
+    if args.protocol == "table1":
+        result.columns = table1_order(result.columns)
+        write_protocol_csv(result, args.output / "table1.csv")
     write_csv(result, args.output / "eval.csv")
     table = summary_table(result)
+    if args.protocol == "table1":
+        table = f"{protocol_table(result, skipped)}\n\nAll columns:\n\n{table}"
     (args.output / "summary.md").write_text(table + "\n")
     contact_sheet(result).save(args.output / "contact_sheet.png")
     print(table)
     faces = len(result.rows)
-    print(f"{faces} faces: restore {result.seconds_restore:.1f} s, metrics {result.seconds_metrics:.1f} s; wrote {args.output}/eval.csv, summary.md, contact_sheet.png")
+    written = "eval.csv, summary.md, contact_sheet.png" + (", table1.csv" if args.protocol else "")
+    print(f"{faces} faces: restore {result.seconds_restore:.1f} s, metrics {result.seconds_metrics:.1f} s; wrote {args.output}/{written}")
     return 0

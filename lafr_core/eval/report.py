@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,8 @@ def protocol_table(result: EvalResult, skipped: dict[str, str] | None = None) ->
         values = protocol_values(result, column)
         if values is None:
             lines.append(f"| {label} | {better} | not computed | | |")
-            gaps.append(f"not computed: {label}: {skipped.get(column, 'no value (see the notes)')}")
+            why = re.sub(r"^[\w.\- ]+ (not computed|skipped): ", "", skipped.get(column, "no value (see the notes)"))
+            gaps.append(f"not computed: {label}: {why}")
         else:
             lines.append(f"| {label} | {better} | {fmt(column, values[0])} | {fmt(column, values[1])} | {values[2]} |")
     return "\n".join(lines + [f"- {gap}" for gap in gaps])
