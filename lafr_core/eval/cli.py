@@ -59,7 +59,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iqa", nargs="*", choices=sorted(IQA_METRICS), metavar="METRIC",
                         help=f"pyiqa metrics ({', '.join(sorted(IQA_METRICS))}), scored when pyiqa and their weights are in its cache; "
                              "default: none, all with --protocol table1")
-    parser.add_argument("--no-niqe", action="store_true", help="skip NIQE (no weights needed; about 0.5 s per 512 face on a CPU)")
+    parser.add_argument("--no-niqe", action="store_true", help="skip NIQE (no weights needed; about 0.2 s per 512 face on a CPU)")
     parser.add_argument("--protocol", choices=PROTOCOLS,
                         help="table1: the LAFR paper's CelebA-Test columns in its order (PSNR, SSIM, LPIPS, DISTS, MUSIQ, NIQE, Deg. = ArcFace "
                              "angle, LMD, FID-F, FID, CLIP-IQA, MANIQA) in summary.md and table1.csv; those without weights say why")

@@ -7,8 +7,9 @@ that names the file and where to put it, so the run goes on without that column.
 - LPIPS (Zhang et al. 2018): the `lpips` package's calibrated linear layers on the torchvision
   VGG-16 trunk (VQFR's calculate_lpips.py uses net='vgg', RGB in -1..1; "alex" on request).
 - FID (Heusel et al. 2017): pytorch-fid's FID Inception (pool3, 2048-d, the TF-ported weights
-  every face paper's FID uses) on the restored set against the HQ set ("FID" of LAFR Table 1),
-  or against reference statistics `--fid-stats` (e.g. FFHQ: "FID-F"). With fewer faces than
+  every face paper's FID uses) on the restored set against the HQ set ("FID" of LAFR Table 1)
+  or reference statistics in its place (`--fid-stats`), and beside it against FFHQ's statistics
+  (`--fid-ffhq`: "FID-F"; EvalOptions.fid_ffhq, result.fid["fid_ffhq"]). With fewer faces than
   feature dimensions the covariance is rank-deficient and FID is biased upwards: compare FIDs of
   equal-sized sets only.
 """
