@@ -78,15 +78,17 @@ def test_iqa_skips_with_one_line_notes_and_never_downloads(monkeypatch, tmp_path
 
 
 def test_no_downloads_refuses_and_restores():
-    original = torch.hub.download_url_to_file
+    hf_constants = pytest.importorskip("huggingface_hub.constants")
+    original, offline = torch.hub.download_url_to_file, hf_constants.is_offline_mode()
     with no_downloads():
+        assert hf_constants.is_offline_mode()  # timm / transformers fetches fail fast instead of downloading
         with pytest.raises(DownloadRefused):
             torch.hub.download_url_to_file("https://example.invalid/w.pth", "/tmp/w.pth")
         with pytest.raises(DownloadRefused):
             import urllib.request
 
             urllib.request.urlopen("https://example.invalid/")
-    assert torch.hub.download_url_to_file is original
+    assert torch.hub.download_url_to_file is original and hf_constants.is_offline_mode() == offline
 
 
 @pytest.fixture()
