@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -38,11 +39,12 @@ from ..lafr_core.interlcm.clip_features import DEFAULT_ANTIALIAS, NUM_TOKENS, cl
 from ..lafr_core.interlcm.guidance import guidance_time_bias
 from ..lafr_core.interlcm.lcm import face_generators, interlcm_sample
 from ..lafr_core.interlcm.visual_encoder import VisualEncoder
-from ..lafr_core.interlcm.weights import CONFIG_DIR, InterLCMWeights
+from ..lafr_core.interlcm.weights import InterLCMWeights
 from . import comfy_host
 
 log = logging.getLogger("ComfyUI-LAFR")
-CLIP_B16_CONFIG = CONFIG_DIR / "clip_vision_config.json"
+# ComfyUI-format config (as comfy/clip_vision_config_vitl.json) of CLIP ViT-B/16
+CLIP_B16_CONFIG = Path(__file__).resolve().parent / "configs" / "clip_vision_config_vitb16.json"
 TIME_BIAS_KEY = "diffusion_model.time_embed.0.bias"
 B16_LAST_LAYER = "vision_model.encoder.layers.11.layer_norm1.weight"
 B16_POSITIONS = "vision_model.embeddings.position_embedding.weight"
@@ -127,10 +129,19 @@ def describe_clip_vision(state: dict[str, torch.Tensor], name: str) -> None:
                             "openai/clip-vit-base-patch16's model.safetensors in models/clip_vision")
 
 
+def unpatched_weight(model, key: str) -> torch.Tensor:
+    """A weight of the MODEL as its file has it. Clones share the module, and ComfyUI patches in
+    place: while a patched clone (ours from an earlier run, or another node's) is loaded, the
+    module holds the patched value and the patcher's shared `backup` the original."""
+    import comfy.utils
+
+    saved = getattr(model, "backup", {}).get(key)
+    return (saved.weight if saved is not None else comfy.utils.get_attr(model.model, key)).detach()
+
+
 def guidance_bias_for(model, cond_proj: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """The bias change of time_embed.0 for this MODEL (its own time_embed.0 weight)."""
-    layer = model.model.diffusion_model.time_embed[0]
-    return guidance_time_bias(cond_proj, layer.weight.detach(), guidance_scale)
+    return guidance_time_bias(cond_proj, unpatched_weight(model, "diffusion_model.time_embed.0.weight"), guidance_scale)
 
 
 # --------------------------------------------------------------------------- checks
@@ -144,7 +155,7 @@ def check_lcm_model(model, models: InterLCMModels, node: str) -> None:
                                 "InterLCM runs on LCM Dreamshaper v7 (SD1.5): load it with Load Checkpoint or Load Diffusion Model")
     if models.checkpoint_time_bias is None:
         return
-    own = model.model.diffusion_model.time_embed[0].bias.detach().float().cpu()
+    own = unpatched_weight(model, TIME_BIAS_KEY).float().cpu()
     named = models.checkpoint_time_bias.float().cpu()
     if own.shape != named.shape or not torch.allclose(own, named, rtol=1e-2, atol=1e-3):
         raise InterLCMHostError(
