@@ -238,7 +238,8 @@ def interlcm_engine(model, vae, models: InterLCMModels, seed: int, node: str) ->
             models.visual_encoder.to("cpu")  # ours: nothing of it stays on the GPU
         z_lq = vae.encode(crops[..., :3]).to(device).float() * scale
         generators = face_generators(crops.shape[0], seed)
-        z = interlcm_sample(z_lq, lambda sample, t: unet.eps(sample, t, prompt, lq.to(device)), models.steps, generators)
+        hint = lq.to(device)  # the spatial encoder's input, the same at every step
+        z = interlcm_sample(z_lq, lambda sample, t: unet.eps(sample, t, prompt, hint), models.steps, generators)
         comfy_host.check_interrupt()
         return vae.decode(z / scale).to(crops.device).float().clamp(0, 1)
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 
-from ..lafr_core.face import COLOUR_CORRECTIONS, FILE_COLOUR_FIX, colour_for
+from ..lafr_core.face import colour_for
 from ..lafr_core.interlcm.guidance import read_guidance_weights
 from ..lafr_core.interlcm.weights import load_interlcm, read_interlcm_metadata
 from ..lafr_core.lafr_file import LafrFileError
 from . import comfy_host
-from .chain_run import restore_node_output
+from .chain_run import RestoreNodeOutputs, file_colour_input, restore_node_output
 from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, face_options
 from .interlcm_host import InterLCMModels, interlcm_engine, load_clip_vision_b16, load_spatial_encoder
 
@@ -116,18 +116,9 @@ class InterLCMLoader:
                             folder_paths.get_full_path_or_raise("clip_vision", clip_vision_name)),)
 
 
-class InterLCMRestoreFaces:
+class InterLCMRestoreFaces(RestoreNodeOutputs):
     DESCRIPTION = ("Restores every face in the images with InterLCM (1 or 3 LCM steps, as its weights were trained) on your "
                    "LCM Dreamshaper v7 model.")
-    CATEGORY = "LAFR"
-    RETURN_TYPES = ("IMAGE", "IMAGE", "INT")
-    RETURN_NAMES = ("image", "restored_faces", "face_count")
-    OUTPUT_TOOLTIPS = (
-        "The images with restored faces pasted back.",
-        "The restored 512x512 face crops (a grey crop when no face was found).",
-        "Number of faces restored.",
-    )
-    FUNCTION = "restore"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -139,9 +130,7 @@ class InterLCMRestoreFaces:
                 "interlcm": ("INTERLCM", {"tooltip": "From InterLCM Loader."}),
                 **DETECT_INPUTS,
                 **PASTE_INPUTS,
-                "colour_correction": ([FILE_COLOUR_FIX, *COLOUR_CORRECTIONS], {
-                    "default": FILE_COLOUR_FIX,
-                    "tooltip": f"{FILE_COLOUR_FIX}: the file's (wavelet, as in the InterLCM paper). " + PASTE_INPUTS["colour_correction"][1]["tooltip"]}),
+                "colour_correction": file_colour_input("the file's (wavelet, as in the InterLCM paper)"),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                                  "tooltip": "Seed of the LCM noise; every face draws the same noise (no flicker on video)."}),
             },

@@ -4,10 +4,10 @@ same chain the A1111/Forge restorer runs."""
 
 from __future__ import annotations
 
-from ..lafr_core.face import COLOUR_CORRECTIONS, FILE_COLOUR_FIX, colour_for
+from ..lafr_core.face import colour_for
 from ..lafr_core.host_chain import HostModel, lafr_engine
 from . import comfy_host
-from .chain_run import restore_node_output
+from .chain_run import RestoreNodeOutputs, file_colour_input, restore_node_output
 from .face_nodes import DETECT_INPUTS, PASTE_INPUTS, TEMPORAL_INPUTS, Temporal, face_options
 from .latent_nodes import CONDITIONING_INPUT
 
@@ -16,23 +16,12 @@ NODE = "LAFR Restore Faces"
 # files, none for LAFR's) and defaults to it; Face Paste Back has no file and keeps the plain list.
 RESTORE_PASTE_INPUTS = {
     **PASTE_INPUTS,
-    "colour_correction": ([FILE_COLOUR_FIX, *COLOUR_CORRECTIONS], {
-        "default": FILE_COLOUR_FIX,
-        "tooltip": f"{FILE_COLOUR_FIX}: what the file asks for (none for LAFR files, adain for OSEDiff-face). " + PASTE_INPUTS["colour_correction"][1]["tooltip"]}),
+    "colour_correction": file_colour_input("what the file asks for (none for LAFR files, adain for OSEDiff-face)"),
 }
 
 
-class LAFRRestoreFaces:
+class LAFRRestoreFaces(RestoreNodeOutputs):
     DESCRIPTION = "Restores every face in the images in one diffusion step with LAFR on your SD2.1-base model."
-    CATEGORY = "LAFR"
-    RETURN_TYPES = ("IMAGE", "IMAGE", "INT")
-    RETURN_NAMES = ("image", "restored_faces", "face_count")
-    OUTPUT_TOOLTIPS = (
-        "The images with restored faces pasted back.",
-        "The restored 512x512 face crops (a grey crop when no face was found).",
-        "Number of faces restored.",
-    )
-    FUNCTION = "restore"
 
     @classmethod
     def INPUT_TYPES(cls):
