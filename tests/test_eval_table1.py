@@ -5,6 +5,7 @@ paper-ordered summary and table1.csv."""
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import types
 
@@ -106,6 +107,8 @@ def stand_in_pyiqa(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
 
     def create_metric(name, device=None):
+        if name == "clipiqa" and os.environ.get("STAND_IN_PICKLE"):  # pyiqa's own call: weights_only=False
+            torch.load(os.environ["STAND_IN_PICKLE"], weights_only=False)
         if name == "maniqa":
             return lambda x: torch.hub.download_url_to_file("https://example.invalid/vit.pth", "/tmp/vit.pth")
         if name == "dists":
@@ -124,6 +127,18 @@ def stand_in_pyiqa(monkeypatch, tmp_path):
     torch.hub.set_dir(str(hub))
     yield
     torch.hub.set_dir(saved)
+
+
+def test_a_checkpoint_holding_code_is_refused_even_when_pyiqa_asks_for_full_pickles(stand_in_pyiqa, tmp_path, monkeypatch):
+    import collections
+
+    path = tmp_path / "clipiqa.pth"
+    torch.save({"params": collections.OrderedDict(w=torch.ones(1)), "hook": print}, path)  # a pickled callable
+    monkeypatch.setenv("STAND_IN_PICKLE", str(path))
+    metrics, skipped = load_iqa(["clipiqa", "dists"])
+    assert [m.spec.column for m in metrics] == ["dists"]
+    assert skipped["clipiqa"].startswith("CLIP-IQA not computed: pyiqa could not build it offline (UnpicklingError")
+    assert torch.load(path, weights_only=False)["hook"] is print  # torch.load is itself again afterwards
 
 
 def test_iqa_plumbing_with_a_stand_in_pyiqa(stand_in_pyiqa, hq_folder):

@@ -10,8 +10,9 @@ An evaluation never downloads: each metric is built only when every file it read
 the torch hub cache (pyiqa keeps its checkpoints in <hub>/pyiqa, CLIP's in <hub>/clip, torchvision's
 in <hub>/checkpoints; MANIQA's ViT trunk comes from the Hugging Face cache through timm), and it is
 built with downloads switched off (`no_downloads`), so a missing file becomes a one-line note and
-the run goes on without that column. pyiqa loads its checkpoints with torch.load(weights_only=False):
-install it only if you trust its weight files.
+the run goes on without that column. pyiqa itself would load its checkpoints with
+torch.load(weights_only=False); while a metric is built, torch.load is forced to
+weights_only=True (`tensors_only_loads`), so a checkpoint holding code is refused and named.
 """
 
 from __future__ import annotations
@@ -126,6 +127,22 @@ def no_downloads() -> Iterator[None]:
             hf_constants.HF_HUB_OFFLINE = saved_offline
 
 
+@contextlib.contextmanager
+def tensors_only_loads() -> Iterator[None]:
+    """torch.load with weights_only=True whatever the caller asks (pyiqa asks for False)."""
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 def load_iqa(columns: list[str], device: str | torch.device = "cpu") -> tuple[list[IqaMetric], dict[str, str]]:
     """([metrics that could be built], {column: why not} for the others). Never downloads."""
     unknown = sorted(set(columns) - set(IQA_METRICS))
@@ -143,7 +160,7 @@ def load_iqa(columns: list[str], device: str | torch.device = "cpu") -> tuple[li
             skipped[column] = f"{spec.label} not computed: {', '.join(map(str, missing))} not here (pyiqa downloads it once: python -c \"import pyiqa; pyiqa.create_metric('{spec.pyiqa_name}')\")"
             continue
         try:
-            with no_downloads():
+            with no_downloads(), tensors_only_loads():
                 import pyiqa
 
                 model = pyiqa.create_metric(spec.pyiqa_name, device=torch.device(device))
